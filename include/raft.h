@@ -271,6 +271,11 @@ int raft_memory_storage_append(raft_memory_storage *ms, const raft_entry *entrie
 /* Saves the hard state. */
 int raft_memory_storage_set_hard_state(raft_memory_storage *ms, const raft_hard_state *hs);
 
+/* Sets the membership that initial_state() reports (as a snapshot's conf state would), so a
+ * node can be started with n_peers == 0 before any snapshot exists. RAFT_ERR_INVALID for more
+ * than RAFT_MAX_VOTERS ids. */
+int raft_memory_storage_set_conf_state(raft_memory_storage *ms, const raft_conf_state *cs);
+
 /* Replaces the whole log with snap (data copied). RAFT_ERR_SNAP_OUT_OF_DATE if snap is not
  * newer than the current snapshot. */
 int raft_memory_storage_apply_snapshot(raft_memory_storage *ms, const raft_snapshot *snap);

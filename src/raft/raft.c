@@ -651,7 +651,8 @@ static void raft_leader_append_response(raft *r, raft_progress *pr, const raft_m
 		return;
 	}
 	bool was_paused = progress_is_paused(pr);
-	if (!progress_maybe_update(pr, m->index))
+	bool probe_matched = pr->state == RAFT_PROGRESS_PROBE && pr->match == m->index;
+	if (!progress_maybe_update(pr, m->index) && !probe_matched)
 		return; /* stale ack */
 	if (pr->state == RAFT_PROGRESS_PROBE) {
 		progress_become_replicate(pr);
@@ -1097,8 +1098,8 @@ static int raft_load_voters(raft *r, const raft_config *c, const raft_conf_state
 
 static int raft_load_hard_state(raft *r, const raft_hard_state *hs)
 {
-	uint64_t last = log_last_index(&r->log);
-	if (hs->commit > last || (hs->commit > 0 && hs->commit < r->log.committed))
+	/* A commit below the snapshot index is stale but harmless: the snapshot is committed. */
+	if (hs->commit > log_last_index(&r->log))
 		return RAFT_ERR_CORRUPT;
 	r->term = hs->term;
 	r->vote = hs->vote;
