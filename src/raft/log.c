@@ -87,9 +87,12 @@ uint64_t log_last_index(raft_log *l)
 int log_term(raft_log *l, uint64_t i, uint64_t *term)
 {
 	*term = 0;
-	if (i + 1 < log_first_index(l))
+	uint64_t first = log_first_index(l), last = log_last_index(l);
+	if (l->err != 0)
+		return l->err;
+	if (i + 1 < first)
 		return RAFT_ERR_COMPACTED;
-	if (i > log_last_index(l))
+	if (i > last)
 		return RAFT_ERR_UNAVAILABLE;
 	if (l->has_snapshot && i == l->snapshot.metadata.index) {
 		*term = l->snapshot.metadata.term;
@@ -176,9 +179,12 @@ int log_entries(raft_log *l, uint64_t lo, uint64_t hi, uint64_t max_size, raft_e
 	*n = 0;
 	if (lo >= hi)
 		return RAFT_OK;
-	if (lo < log_first_index(l))
+	uint64_t first = log_first_index(l), last = log_last_index(l);
+	if (l->err != 0)
+		return l->err;
+	if (lo < first)
 		return RAFT_ERR_COMPACTED;
-	if (hi > log_last_index(l) + 1)
+	if (hi > last + 1)
 		return RAFT_ERR_UNAVAILABLE;
 
 	if (lo < l->offset) {

@@ -246,8 +246,9 @@ int raft_rawnode_ready(raft_rawnode *rn, raft_ready *rd)
 		rv = rawnode_take_committed(rn);
 	if (rv != RAFT_OK) {
 		rawnode_release_ready(rn);
-		rn->r.err = rn->r.err ? rn->r.err : rv;
-		return rv;
+		if (rn->r.err == 0)
+			rn->r.err = rn->r.log.err ? rn->r.log.err : rv;
+		return rn->r.err;
 	}
 	rn->rd.must_sync = rn->rd.must_sync || rn->rd.n_entries > 0 || rn->rd.has_snapshot;
 	rawnode_take_messages(rn);
