@@ -563,6 +563,8 @@ static void raft_read_ack(raft *r, uint64_t from, uint64_t seq)
 		if (raft_popcount(req->acks) >= raft_quorum(r))
 			confirmed = i + 1;
 	}
+	if (confirmed == 0)
+		return;
 	for (size_t i = 0; i < confirmed; i++)
 		raft_answer_read(r, r->reads.items[i].from, r->reads.items[i].index,
 		                 r->reads.items[i].context);
