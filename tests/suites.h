@@ -13,7 +13,13 @@
 	X(snapshot)                                                                                \
 	X(flow)                                                                                    \
 	X(features)                                                                                \
-	X(sim)
+	X(sim)                                                                                     \
+	X(vfs_fault)                                                                               \
+	X(store_open)                                                                              \
+	X(storage_contract)                                                                        \
+	X(store_kv)                                                                                \
+	X(store_snapshot)                                                                          \
+	X(store_crash)
 
 #define TEST_DECLARE(name) void test_register_##name(void);
 TEST_SUITES(TEST_DECLARE)
