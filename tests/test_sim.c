@@ -1,5 +1,4 @@
-/* test_sim.c - randomized simulation of the Raft core over netsim, with incremental safety checks.
- */
+/* test_sim.c - randomized Raft simulation over netsim with incremental safety checks. */
 #include <CUnit/CUnit.h>
 #include <inttypes.h>
 #include <stdarg.h>
@@ -903,6 +902,17 @@ static void ev_release(sim *s)
 	release_pool(s);
 }
 
+static void ev_unreachable(sim *s)
+{
+	uint64_t id = netsim_leader(s->ns), peer = pick_any(s);
+	if (id == 0 || id == peer)
+		return;
+	snprintf(s->what, sizeof s->what, "leader %" PRIu64 " reports %" PRIu64 " unreachable", id,
+	         peer);
+	check_call(s, "report_unreachable",
+	           raft_rawnode_report_unreachable(netsim_node(s->ns, id), peer));
+}
+
 static void ev_campaign(sim *s)
 {
 	uint64_t id = pick_node(s, true);
@@ -913,9 +923,10 @@ static void ev_campaign(sim *s)
 }
 
 static const sim_event sim_events[] = {
-    {460, ev_round},  {190, ev_tick_all}, {30, ev_tick_one}, {170, ev_propose},  {35, ev_read},
-    {8, ev_transfer}, {12, ev_partition}, {14, ev_heal},     {6, ev_crash},      {14, ev_restart},
-    {20, ev_compact}, {10, ev_faults},    {15, ev_release},  {12, ev_stabilize}, {4, ev_campaign},
+    {457, ev_round},  {190, ev_tick_all}, {30, ev_tick_one},  {170, ev_propose},
+    {35, ev_read},    {8, ev_transfer},   {12, ev_partition}, {14, ev_heal},
+    {6, ev_crash},    {14, ev_restart},   {20, ev_compact},   {10, ev_faults},
+    {15, ev_release}, {12, ev_stabilize}, {4, ev_campaign},   {3, ev_unreachable},
 };
 
 static void sim_step(sim *s)
