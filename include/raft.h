@@ -498,8 +498,9 @@ int raft_rawnode_report_unreachable(raft_rawnode *rn, uint64_t id);
 int raft_rawnode_transfer_leader(raft_rawnode *rn, uint64_t transferee);
 
 /* Requests a linearizable read point, identified by ctx. The answer arrives in a later Ready as
- * a raft_read_state. Requests are silently dropped while no leader is known or before the
- * leader has committed an entry of its term; the application retries after a timeout. */
+ * a raft_read_state. Requests are silently dropped while no leader is known, on candidates, and
+ * on a leader that loses leadership before answering; the application retries after a timeout.
+ * A new leader holds requests until it has committed an entry of its own term (§6.4). */
 int raft_rawnode_read_index(raft_rawnode *rn, uint64_t ctx);
 
 #ifdef __cplusplus
