@@ -11,8 +11,8 @@
  *   - garbage-collects the log (store_compact());
  *   - dumps and installs snapshots (store_snapshot_*, store_staging_*).
  *
- * Failure model: any SQLite error other than SQLITE_BUSY/SQLITE_CONSTRAINT on a write path
- * fail-stops the store. Every later call returns STORE_ERR_FAILED, store_failed() reports the
+ * Failure model: any SQLite error on a read or write path fail-stops the store (argument errors
+ * such as STORE_ERR_INVALID do not). Every later call returns STORE_ERR_FAILED, store_failed() reports the
  * original cause, and nothing more is written. A transaction is either committed whole or
  * rolled back, so a failed store never holds half a state; reopening after the cause is gone
  * works.
@@ -59,6 +59,8 @@ typedef struct store_options {
 	store_sync sync;         /* STORE_SYNC_FULL by default */
 	const char *vfs;         /* SQLite VFS name; NULL for the default (tests: fault VFS) */
 	int cache_size_kib;      /* page cache per connection; 0 for the default (16 MiB) */
+	/* session_ttl and max_sessions define the replicated state machine: every replica of a
+	 * cluster must use the same values, or their states diverge. */
 	uint64_t session_ttl;    /* a client session expires after this many log entries without
 	                            a request from it; 0 for the default (1,000,000) */
 	size_t max_sessions;     /* at most this many live sessions; the least recently used one
@@ -149,7 +151,9 @@ typedef void (*store_apply_fn)(void *ctx, const store_result *res);
  * index and term. Entries at or below the stored applied index are skipped, so a replay after a
  * crash never applies anything twice. Under STORE_SYNC_FULL the commit skips its fsync: the
  * durable log replays anything lost, and WAL ordering keeps data and applied index together.
- * cb may be NULL.
+ * cb may be NULL; it must not call store_apply (STORE_ERR_INVALID). Skipped entries get no
+ * callback. A gap after the applied index is STORE_ERR_INVALID without a fail-stop. An APPEND
+ * whose result would exceed COMMAND_MAX_VALUE gives STORE_RESULT_INVALID and changes nothing.
  */
 int store_apply(store *s, const raft_entry *ents, size_t n, store_apply_fn cb, void *ctx);
 
@@ -163,7 +167,9 @@ int store_get(store *s, const void *key, size_t key_len, void **value, size_t *l
 
 /* Calls fn for each key in [start, end) in memcmp order (end NULL: no upper bound), at most
  * limit keys (0: no limit). fn returns non-zero to stop. Keys and values are borrowed for the
- * call. *next (malloc'd, may be NULL) receives the key to continue from, if the limit cut. */
+ * call. *next (malloc'd, may be NULL) receives the first key not delivered when the limit cut
+ * the scan; it is NULL when the range ran out or fn stopped the scan. Rows are read in batches
+ * with no statement open during fn, so a long scan is not one snapshot of the data. */
 typedef int (*store_scan_fn)(void *ctx, const void *key, size_t key_len, const void *value,
                              size_t value_len);
 int store_scan(store *s, const void *start, size_t start_len, const void *end, size_t end_len,
