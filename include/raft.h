@@ -128,12 +128,12 @@ int raft_snapshot_copy(raft_snapshot *dst, const raft_snapshot *src);
 
 /* Message types. HUP, BEAT and PROPOSE are local inputs; HUP and BEAT never leave the node. */
 enum {
-	RAFT_MSG_HUP = 0,                   /* local: start an election */
-	RAFT_MSG_BEAT = 1,                  /* local: a leader broadcasts heartbeats */
-	RAFT_MSG_PROPOSE = 2,               /* new entries; forwarded by followers */
-	RAFT_MSG_APPEND = 3,                /* leader -> follower: entries after (index, log_term) */
-	RAFT_MSG_APPEND_RESPONSE = 4,       /* follower -> leader: ack of index, or reject + hint */
-	RAFT_MSG_REQUEST_VOTE = 5,          /* candidate -> voter, with last (index, log_term) */
+	RAFT_MSG_HUP = 0,             /* local: start an election */
+	RAFT_MSG_BEAT = 1,            /* local: a leader broadcasts heartbeats */
+	RAFT_MSG_PROPOSE = 2,         /* new entries; forwarded by followers */
+	RAFT_MSG_APPEND = 3,          /* leader -> follower: entries after (index, log_term) */
+	RAFT_MSG_APPEND_RESPONSE = 4, /* follower -> leader: ack of index, or reject + hint */
+	RAFT_MSG_REQUEST_VOTE = 5,    /* candidate -> voter, with last (index, log_term) */
 	RAFT_MSG_REQUEST_VOTE_RESPONSE = 6, /* voter -> candidate: reject = false means granted */
 	RAFT_MSG_SNAPSHOT = 7,              /* leader -> follower: install snapshot */
 	RAFT_MSG_HEARTBEAT = 8,             /* leader -> follower: liveness and commit */
@@ -153,20 +153,20 @@ enum {
 
 /* A Raft message. Which fields mean something depends on type; unused fields are zero. */
 typedef struct raft_message {
-	int type;              /* RAFT_MSG_* */
-	uint64_t to;           /* recipient id */
-	uint64_t from;         /* sender id */
-	uint64_t term;         /* sender's term; 0 for local messages */
-	uint64_t log_term;     /* APPEND: term at index; votes: candidate's last term */
-	uint64_t index;        /* APPEND: index preceding entries; votes: last index; responses:
-	                          the acknowledged or rejected index */
-	raft_entry *entries;   /* APPEND and PROPOSE payload, owned by the message */
-	size_t n_entries;      /* number of entries */
-	uint64_t commit;       /* leader's commit index (APPEND, HEARTBEAT, SNAPSHOT) */
+	int type;               /* RAFT_MSG_* */
+	uint64_t to;            /* recipient id */
+	uint64_t from;          /* sender id */
+	uint64_t term;          /* sender's term; 0 for local messages */
+	uint64_t log_term;      /* APPEND: term at index; votes: candidate's last term */
+	uint64_t index;         /* APPEND: index preceding entries; votes: last index; responses:
+	                           the acknowledged or rejected index */
+	raft_entry *entries;    /* APPEND and PROPOSE payload, owned by the message */
+	size_t n_entries;       /* number of entries */
+	uint64_t commit;        /* leader's commit index (APPEND, HEARTBEAT, SNAPSHOT) */
 	raft_snapshot snapshot; /* SNAPSHOT: metadata and data, data owned by the message */
-	bool reject;           /* responses: true when the request was refused */
-	uint64_t reject_hint;  /* APPEND_RESPONSE reject: the follower's best guess of a match */
-	uint64_t context;      /* RAFT_CONTEXT_TRANSFER on transfer votes; read id for READ_INDEX */
+	bool reject;            /* responses: true when the request was refused */
+	uint64_t reject_hint;   /* APPEND_RESPONSE reject: the follower's best guess of a match */
+	uint64_t context; /* RAFT_CONTEXT_TRANSFER on transfer votes; read id for READ_INDEX */
 } raft_message;
 
 /* Releases everything the message owns (entries, snapshot data), not the struct itself, and
@@ -286,8 +286,7 @@ int raft_memory_storage_apply_snapshot(raft_memory_storage *ms, const raft_snaps
  * current snapshot's index, RAFT_ERR_UNAVAILABLE if i is beyond the last index.
  */
 int raft_memory_storage_create_snapshot(raft_memory_storage *ms, uint64_t i,
-                                        const raft_conf_state *cs, const void *data,
-                                        size_t len);
+                                        const raft_conf_state *cs, const void *data, size_t len);
 
 /* Discards entries before index i, which becomes the dummy entry. RAFT_ERR_COMPACTED if i is
  * at or below the compaction point, RAFT_ERR_UNAVAILABLE if beyond the last index. */
@@ -307,27 +306,27 @@ typedef void (*raft_trace_fn)(void *ctx, uint64_t id, const char *line);
 
 /* Parameters of a rawnode. Fill with raft_config_init(), then set id, peers and storage. */
 typedef struct raft_config {
-	uint64_t id;            /* this node's id; must be non-zero */
-	const uint64_t *peers;  /* ids of all voters including id; borrowed during _new only. When
-	                           n_peers is 0, membership comes from the storage's conf state */
-	size_t n_peers;         /* number of ids in peers, at most RAFT_MAX_VOTERS */
-	int election_tick;      /* ticks without a leader before an election; > heartbeat_tick */
-	int heartbeat_tick;     /* ticks between a leader's heartbeats; >= 1 */
+	uint64_t id;           /* this node's id; must be non-zero */
+	const uint64_t *peers; /* ids of all voters including id; borrowed during _new only. When
+	                          n_peers is 0, membership comes from the storage's conf state */
+	size_t n_peers;        /* number of ids in peers, at most RAFT_MAX_VOTERS */
+	int election_tick;     /* ticks without a leader before an election; > heartbeat_tick */
+	int heartbeat_tick;    /* ticks between a leader's heartbeats; >= 1 */
 	const raft_storage *storage; /* borrowed; must outlive the rawnode */
-	uint64_t applied;       /* last applied index on restart; entries at or below it are never
-	                           handed out again */
+	uint64_t applied; /* last applied index on restart; entries at or below it are never
+	                     handed out again */
 	uint64_t max_size_per_msg; /* payload bytes per APPEND (at least one entry is sent) */
 	size_t max_inflight_msgs;  /* APPENDs in flight per follower in replicate state; >= 1 */
 	uint64_t max_uncommitted_entries_size; /* leader drops proposals beyond this many
 	                                          uncommitted payload bytes; 0 = no limit */
 	uint64_t max_committed_size_per_ready; /* payload bytes of committed entries per Ready
 	                                          (at least one entry is returned) */
-	bool pre_vote;          /* run a pre-vote before raising the term (§9.6) */
-	bool check_quorum;      /* leader steps down without a quorum's contact; leader lease */
+	bool pre_vote;                         /* run a pre-vote before raising the term (§9.6) */
+	bool check_quorum; /* leader steps down without a quorum's contact; leader lease */
 	bool disable_proposal_forwarding; /* followers drop proposals instead of forwarding */
-	uint64_t seed;          /* PRNG seed; mixed with id so nodes draw different timeouts */
-	raft_trace_fn trace;    /* optional tracing hook; NULL for silence */
-	void *trace_ctx;        /* passed to trace */
+	uint64_t seed;       /* PRNG seed; mixed with id so nodes draw different timeouts */
+	raft_trace_fn trace; /* optional tracing hook; NULL for silence */
+	void *trace_ctx;     /* passed to trace */
 } raft_config;
 
 /* Fills *c with defaults: election 10 ticks, heartbeat 1, 1 MiB per message, 256 inflight,
@@ -379,17 +378,17 @@ typedef struct raft_ready {
 	raft_hard_state hard_state; /* valid when has_hard_state */
 	raft_entry *entries;        /* new entries to append to stable storage */
 	size_t n_entries;
-	bool has_snapshot;          /* a snapshot to install before entries */
-	raft_snapshot snapshot;     /* valid when has_snapshot */
+	bool has_snapshot;             /* a snapshot to install before entries */
+	raft_snapshot snapshot;        /* valid when has_snapshot */
 	raft_entry *committed_entries; /* entries to apply, in order */
 	size_t n_committed_entries;
-	raft_message *messages;     /* may be sent before this Ready is persisted */
+	raft_message *messages; /* may be sent before this Ready is persisted */
 	size_t n_messages;
 	raft_message *persisted_messages; /* may be sent only after this Ready is persisted */
 	size_t n_persisted_messages;
 	raft_read_state *read_states; /* confirmed read_index requests */
 	size_t n_read_states;
-	bool must_sync;             /* entries, term or vote changed: fsync before step 3 */
+	bool must_sync; /* entries, term or vote changed: fsync before step 3 */
 } raft_ready;
 
 /* Replication state of one follower, as seen by the leader. */
@@ -401,31 +400,31 @@ enum {
 
 /* One peer's progress (meaningful on a leader). */
 typedef struct raft_peer_status {
-	uint64_t id;       /* peer id */
-	uint64_t match;    /* highest index known to be replicated on the peer */
-	uint64_t next;     /* next index to send */
-	int state;         /* RAFT_PROGRESS_* */
-	bool paused;       /* no APPEND will be sent until an ack or heartbeat */
-	size_t inflight;   /* APPENDs sent and not yet acknowledged */
-	bool recent_active; /* heard from within the current check-quorum window */
+	uint64_t id;               /* peer id */
+	uint64_t match;            /* highest index known to be replicated on the peer */
+	uint64_t next;             /* next index to send */
+	int state;                 /* RAFT_PROGRESS_* */
+	bool paused;               /* no APPEND will be sent until an ack or heartbeat */
+	size_t inflight;           /* APPENDs sent and not yet acknowledged */
+	bool recent_active;        /* heard from within the current check-quorum window */
 	uint64_t pending_snapshot; /* snapshot index while in RAFT_PROGRESS_SNAPSHOT */
 } raft_peer_status;
 
 /* A snapshot of a rawnode's state, filled by raft_rawnode_status(). */
 typedef struct raft_status {
-	uint64_t id;           /* this node */
-	int role;              /* RAFT_FOLLOWER ... RAFT_LEADER */
-	uint64_t term;         /* current term */
-	uint64_t vote;         /* vote in the current term */
-	uint64_t leader;       /* known leader, 0 for none */
-	uint64_t commit;       /* commit index */
-	uint64_t applied;      /* last index the application confirmed applied (advance) */
-	uint64_t first_index;  /* first index still in the log */
-	uint64_t last_index;   /* last index in the log */
+	uint64_t id;              /* this node */
+	int role;                 /* RAFT_FOLLOWER ... RAFT_LEADER */
+	uint64_t term;            /* current term */
+	uint64_t vote;            /* vote in the current term */
+	uint64_t leader;          /* known leader, 0 for none */
+	uint64_t commit;          /* commit index */
+	uint64_t applied;         /* last index the application confirmed applied (advance) */
+	uint64_t first_index;     /* first index still in the log */
+	uint64_t last_index;      /* last index in the log */
 	uint64_t lead_transferee; /* pending transfer target, 0 for none */
-	size_t n_peers;        /* number of entries in peers */
+	size_t n_peers;           /* number of entries in peers */
 	raft_peer_status peers[RAFT_MAX_VOTERS]; /* per voter, including this node */
-	int error;             /* RAFT_OK, or the fatal error that stopped the node */
+	int error; /* RAFT_OK, or the fatal error that stopped the node */
 } raft_status;
 
 /* The rawnode: one Raft peer. Not thread-safe; one thread owns it. */

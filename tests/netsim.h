@@ -40,17 +40,17 @@ typedef struct netsim_applied {
 
 /* Options for netsim_new(). Zeroed fields take the defaults given. */
 typedef struct netsim_options {
-	size_t n;                /* number of peers, 1..RAFT_MAX_VOTERS */
-	int election_tick;       /* default 10 */
-	int heartbeat_tick;      /* default 1 */
-	bool pre_vote;           /* default false */
-	bool check_quorum;       /* default false */
+	size_t n;           /* number of peers, 1..RAFT_MAX_VOTERS */
+	int election_tick;  /* default 10 */
+	int heartbeat_tick; /* default 1 */
+	bool pre_vote;      /* default false */
+	bool check_quorum;  /* default false */
 	bool disable_proposal_forwarding;
-	uint64_t max_size_per_msg;   /* default 1 MiB (raft_config_init) */
-	size_t max_inflight_msgs;    /* default 256 */
+	uint64_t max_size_per_msg;             /* default 1 MiB (raft_config_init) */
+	size_t max_inflight_msgs;              /* default 256 */
 	uint64_t max_uncommitted_entries_size; /* default: raft_config_init */
 	uint64_t max_committed_size_per_ready; /* default: raft_config_init */
-	uint64_t seed;           /* raft seed and netsim PRNG seed */
+	uint64_t seed;                         /* raft seed and netsim PRNG seed */
 } netsim_options;
 
 /*
@@ -89,13 +89,13 @@ size_t netsim_stabilize(netsim *ns);
 size_t netsim_step_round(netsim *ns);
 
 /* Faults. */
-void netsim_cut(netsim *ns, uint64_t a, uint64_t b); /* both directions */
-void netsim_isolate(netsim *ns, uint64_t id);        /* cut id from everyone */
+void netsim_cut(netsim *ns, uint64_t a, uint64_t b);                /* both directions */
+void netsim_isolate(netsim *ns, uint64_t id);                       /* cut id from everyone */
 void netsim_drop(netsim *ns, uint64_t from, uint64_t to, double p); /* one direction */
-void netsim_ignore(netsim *ns, int msg_type);        /* drop every message of this type */
-void netsim_recover(netsim *ns);                     /* undo cut/isolate/drop/ignore */
-void netsim_blackhole(netsim *ns, uint64_t id);      /* peer swallows everything sent to it and
-                                                        never acts (no ticks, no Readies) */
+void netsim_ignore(netsim *ns, int msg_type);   /* drop every message of this type */
+void netsim_recover(netsim *ns);                /* undo cut/isolate/drop/ignore */
+void netsim_blackhole(netsim *ns, uint64_t id); /* peer swallows everything sent to it and
+                                                   never acts (no ticks, no Readies) */
 void netsim_set_hook(netsim *ns, netsim_hook_fn fn, void *ctx);
 
 /* Observer called for every Ready of every peer after it was persisted into storage and before

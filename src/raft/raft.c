@@ -8,7 +8,7 @@
 
 /* Bounds on queues that a peer could otherwise grow without limit. */
 #define RAFT_MAX_PENDING_READS 4096
-#define RAFT_MAX_READ_STATES 4096
+#define RAFT_MAX_READ_STATES   4096
 
 static void raft_become_follower(raft *r, uint64_t term, uint64_t lead);
 static bool raft_maybe_send_append(raft *r, raft_progress *pr, bool send_if_empty);
@@ -133,7 +133,8 @@ static void raft_send_simple(raft *r, int type, uint64_t to, uint64_t term, bool
 static void raft_push_read_state(raft *r, uint64_t index, uint64_t context)
 {
 	if (r->n_read_states == RAFT_MAX_READ_STATES)
-		return; /* the application is not consuming Readies; the read times out and retries */
+		return; /* the application is not consuming Readies; the read times out and retries
+		         */
 	if (r->n_read_states == r->cap_read_states) {
 		size_t ncap = r->cap_read_states ? r->cap_read_states * 2 : 8;
 		raft_read_state *p = realloc(r->read_states, ncap * sizeof(*p));
@@ -157,7 +158,8 @@ static bool raft_send_snapshot(raft *r, raft_progress *pr)
 	raft_message m = {.type = RAFT_MSG_SNAPSHOT, .to = pr->id};
 	int rv = r->log.storage->snapshot(r->log.storage->ctx, &m.snapshot);
 	if (rv == RAFT_ERR_SNAPSHOT_TEMPORARILY_UNAVAILABLE) {
-		raft_tracef(r, "snapshot for %llu temporarily unavailable", (unsigned long long)pr->id);
+		raft_tracef(r, "snapshot for %llu temporarily unavailable",
+		            (unsigned long long)pr->id);
 		return false;
 	}
 	if (rv != RAFT_OK || m.snapshot.metadata.index == 0) {
@@ -343,9 +345,8 @@ static void raft_become_leader(raft *r)
 	progress_become_replicate(self);
 	self->recent_active = true;
 	/* §8: a new leader commits an empty entry of its own term to learn what is committed. */
-	raft_entry empty = {.type = RAFT_ENTRY_NORMAL,
-	                    .term = r->term,
-	                    .index = log_last_index(&r->log) + 1};
+	raft_entry empty = {
+	    .type = RAFT_ENTRY_NORMAL, .term = r->term, .index = log_last_index(&r->log) + 1};
 	if (log_append(&r->log, &empty, 1) != RAFT_OK)
 		return;
 	raft_tracef(r, "became leader at index %llu", (unsigned long long)empty.index);
@@ -969,8 +970,8 @@ static void raft_handle_vote_request(raft *r, const raft_message *m)
 {
 	bool pre = m->type == RAFT_MSG_PRE_VOTE;
 	int resp_type = pre ? RAFT_MSG_PRE_VOTE_RESPONSE : RAFT_MSG_REQUEST_VOTE_RESPONSE;
-	bool can_vote = r->vote == m->from || (r->vote == 0 && r->lead == 0) ||
-	                (pre && m->term > r->term);
+	bool can_vote =
+	    r->vote == m->from || (r->vote == 0 && r->lead == 0) || (pre && m->term > r->term);
 	if (can_vote && log_is_up_to_date(&r->log, m->index, m->log_term)) {
 		/* A granted pre-vote answers in the requested term, so the pre-candidate can tell
 		 * it from a stale rejection. */

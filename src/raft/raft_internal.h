@@ -1,4 +1,5 @@
-/* raft_internal.h - private types of the consensus core: the log, peer progress, the state machine. */
+/* raft_internal.h - private types of the consensus core: the log, peer progress, the state machine.
+ */
 #ifndef RAFT_INTERNAL_H
 #define RAFT_INTERNAL_H
 
@@ -20,9 +21,9 @@
 typedef struct raft_log {
 	const raft_storage *storage; /* borrowed from the config */
 
-	bool has_snapshot;     /* an incoming snapshot not yet persisted */
+	bool has_snapshot;         /* an incoming snapshot not yet persisted */
 	bool snapshot_in_progress; /* handed out in the outstanding Ready */
-	raft_snapshot snapshot; /* owned */
+	raft_snapshot snapshot;    /* owned */
 
 	raft_entry *unstable; /* owned, each entry owns its data */
 	size_t n_unstable;
@@ -35,7 +36,7 @@ typedef struct raft_log {
 	uint64_t applied;   /* highest index the application confirmed applied (advance) */
 
 	uint64_t max_applying_size; /* bound on committed payload per Ready */
-	int err; /* sticky fatal storage error; 0 while healthy */
+	int err;                    /* sticky fatal storage error; 0 while healthy */
 } raft_log;
 
 int log_init(raft_log *l, const raft_storage *storage, uint64_t max_applying_size);
@@ -89,9 +90,9 @@ typedef struct raft_progress {
 	uint64_t id;
 	uint64_t match; /* invariant: match < next */
 	uint64_t next;
-	int state;              /* RAFT_PROGRESS_* */
-	bool probe_sent;        /* probe: an APPEND is out, wait for an answer or heartbeat */
-	bool recent_active;     /* heard from in this check-quorum window */
+	int state;                 /* RAFT_PROGRESS_* */
+	bool probe_sent;           /* probe: an APPEND is out, wait for an answer or heartbeat */
+	bool recent_active;        /* heard from in this check-quorum window */
 	uint64_t pending_snapshot; /* snapshot index while in RAFT_PROGRESS_SNAPSHOT */
 	raft_inflights inflights;
 } raft_progress;

@@ -95,7 +95,8 @@ int raft_rawnode_propose(raft_rawnode *rn, const void *data, size_t len)
 	if (rn == NULL || (data == NULL && len > 0))
 		return RAFT_ERR_INVALID;
 	raft_entry e = {.type = RAFT_ENTRY_NORMAL, .data = (void *)data, .len = len};
-	raft_message m = {.type = RAFT_MSG_PROPOSE, .from = rn->r.id, .entries = &e, .n_entries = 1};
+	raft_message m = {
+	    .type = RAFT_MSG_PROPOSE, .from = rn->r.id, .entries = &e, .n_entries = 1};
 	return rawnode_check(rn, raft_step(&rn->r, &m));
 }
 

@@ -12,9 +12,9 @@
  *   - dumps and installs snapshots (store_snapshot_*, store_staging_*).
  *
  * Failure model: any SQLite error on a read or write path fail-stops the store (argument errors
- * such as STORE_ERR_INVALID do not). Every later call returns STORE_ERR_FAILED, store_failed() reports the
- * original cause, and nothing more is written. A transaction is either committed whole or
- * rolled back, so a failed store never holds half a state; reopening after the cause is gone
+ * such as STORE_ERR_INVALID do not). Every later call returns STORE_ERR_FAILED, store_failed()
+ * reports the original cause, and nothing more is written. A transaction is either committed whole
+ * or rolled back, so a failed store never holds half a state; reopening after the cause is gone
  * works.
  *
  * Errors are negative and share the core's numbering where they mean the same thing (I/O,
@@ -54,17 +54,17 @@ typedef enum store_sync {
 } store_sync;
 
 typedef struct store_options {
-	uint64_t cluster_id;     /* must match the file's; chosen when the cluster is created */
-	uint64_t node_id;        /* must match the file's; non-zero */
-	store_sync sync;         /* STORE_SYNC_FULL by default */
-	const char *vfs;         /* SQLite VFS name; NULL for the default (tests: fault VFS) */
-	int cache_size_kib;      /* page cache per connection; 0 for the default (16 MiB) */
+	uint64_t cluster_id; /* must match the file's; chosen when the cluster is created */
+	uint64_t node_id;    /* must match the file's; non-zero */
+	store_sync sync;     /* STORE_SYNC_FULL by default */
+	const char *vfs;     /* SQLite VFS name; NULL for the default (tests: fault VFS) */
+	int cache_size_kib;  /* page cache per connection; 0 for the default (16 MiB) */
 	/* session_ttl and max_sessions define the replicated state machine: every replica of a
 	 * cluster must use the same values, or their states diverge. */
-	uint64_t session_ttl;    /* a client session expires after this many log entries without
-	                            a request from it; 0 for the default (1,000,000) */
-	size_t max_sessions;     /* at most this many live sessions; the least recently used one
-	                            expires first; 0 for the default (100,000) */
+	uint64_t session_ttl;     /* a client session expires after this many log entries without
+	                             a request from it; 0 for the default (1,000,000) */
+	size_t max_sessions;      /* at most this many live sessions; the least recently used one
+	                             expires first; 0 for the default (100,000) */
 	uint64_t wal_limit_pages; /* checkpoint when the WAL passes this size; 0: default 4096 */
 } store_options;
 

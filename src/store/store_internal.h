@@ -42,6 +42,7 @@
 	"CREATE TABLE session_results(client_id INTEGER NOT NULL, seq INTEGER NOT NULL,"           \
 	" status INTEGER NOT NULL, value BLOB, PRIMARY KEY (client_id, seq)) WITHOUT ROWID;"
 
+struct store_conn; /* store.c */
 struct store_log;  /* log.c */
 struct store_kv;   /* kv.c */
 struct store_snap; /* snapshot.c */
@@ -70,6 +71,7 @@ struct store {
 	uint64_t applied_index;
 	uint64_t applied_term;
 
+	struct store_conn *conn; /* store.c: transaction statements, sync level, WAL size */
 	struct store_log *log;
 	struct store_kv *kv;
 	struct store_snap *snap;
