@@ -264,6 +264,15 @@ void raft_on_persisted(raft *r)
 	if (self == NULL)
 		return;
 	if (progress_maybe_update(self, log_stable_last_index(&r->log)) && raft_maybe_commit(r))
+		r->bcast_pending = true;
+}
+
+void raft_flush(raft *r)
+{
+	if (!r->bcast_pending)
+		return;
+	r->bcast_pending = false;
+	if (r->state == RAFT_LEADER && r->err == 0)
 		raft_bcast_append(r);
 }
 
@@ -298,6 +307,7 @@ static void raft_reset(raft *r, uint64_t term)
 		r->vote = 0;
 	}
 	r->lead = 0;
+	r->bcast_pending = false;
 	r->election_elapsed = 0;
 	r->heartbeat_elapsed = 0;
 	raft_reset_randomized_timeout(r);
@@ -631,7 +641,7 @@ static int raft_leader_propose(raft *r, const raft_message *m)
 	if (rv != RAFT_OK)
 		return rv;
 	r->uncommitted_size += size;
-	raft_bcast_append(r);
+	r->bcast_pending = true;
 	return RAFT_OK;
 }
 
@@ -666,7 +676,7 @@ static void raft_leader_append_response(raft *r, raft_progress *pr, const raft_m
 		inflights_free_le(&pr->inflights, m->index);
 	}
 	if (raft_maybe_commit(r))
-		raft_bcast_append(r);
+		r->bcast_pending = true;
 	else if (was_paused)
 		raft_maybe_send_append(r, pr, true);
 	while (r->err == 0 && raft_maybe_send_append(r, pr, false))

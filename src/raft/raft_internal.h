@@ -170,6 +170,8 @@ typedef struct raft {
 	bool pre_vote;
 	bool disable_proposal_forwarding;
 	uint64_t lead_transferee;
+	bool bcast_pending; /* leader: new entries or commit to broadcast at the next Ready, so a
+	                       burst of proposals shares one APPEND per follower */
 	uint64_t uncommitted_size;
 	uint64_t max_uncommitted_size;
 	uint64_t max_msg_size;
@@ -183,6 +185,8 @@ typedef struct raft {
 int raft_init(raft *r, const raft_config *c);
 void raft_close(raft *r);
 int raft_step(raft *r, const raft_message *m);
+/* Sends the broadcast that proposals and commit advances deferred. */
+void raft_flush(raft *r);
 void raft_tick(raft *r);
 void raft_advance_applied(raft *r, uint64_t applied, uint64_t applied_size);
 void raft_on_persisted(raft *r);

@@ -140,7 +140,8 @@ bool raft_rawnode_has_ready(raft_rawnode *rn)
 	return rawnode_soft_changed(rn) || rawnode_hard_changed(rn) ||
 	       (r->log.has_snapshot && !r->log.snapshot_in_progress) ||
 	       log_has_unhanded_entries(&r->log) || log_has_next_committed(&r->log) ||
-	       r->msgs.n > 0 || r->msgs_after.n > 0 || r->n_read_states > 0;
+	       r->msgs.n > 0 || r->msgs_after.n > 0 || r->n_read_states > 0 ||
+	       (r->bcast_pending && r->state == RAFT_LEADER);
 }
 
 /* Copies the unstable entries not yet handed out. */
@@ -224,6 +225,7 @@ int raft_rawnode_ready(raft_rawnode *rn, raft_ready *rd)
 		return RAFT_ERR_STOPPED;
 	if (rn->outstanding)
 		return RAFT_ERR_INVALID;
+	raft_flush(&rn->r);
 	memset(&rn->rd, 0, sizeof(rn->rd));
 	rn->rd_last_index = rn->rd_last_term = rn->rd_applying_size = 0;
 
