@@ -212,12 +212,13 @@ int store_snapshot_id_decode(const void *buf, size_t len, store_snapshot_id *id)
 int store_set_snapshot_dir(store *s, const char *dir);
 
 /*
- * The raft_storage snapshot() callback's work: if a finished snapshot file at the current
- * applied index exists, fills *out (data = encoded store_snapshot_id, owned by the caller) and
- * returns STORE_OK; otherwise starts a dump on the helper thread (if none runs) and returns
- * RAFT_ERR_SNAPSHOT_TEMPORARILY_UNAVAILABLE. The dump reads applied index, term and conf state
- * and the kv and session tables inside one read transaction on its own connection, writes
- * `snap-<node>-<index>` with a checksum through a bounded buffer, then ends the transaction.
+ * The raft_storage snapshot() callback's work: if a finished snapshot file at or above the
+ * truncated index exists (the log holds every entry after it), fills *out (data = encoded
+ * store_snapshot_id, owned by the caller) and returns STORE_OK; otherwise starts a dump on the
+ * helper thread (if none runs) and returns RAFT_ERR_SNAPSHOT_TEMPORARILY_UNAVAILABLE. The dump
+ * reads applied index, term and conf state and the kv and session tables inside one read
+ * transaction on its own connection, writes `snap-<node>-<index>` with a checksum through a bounded
+ * buffer, then ends the transaction.
  */
 int store_snapshot_request(store *s, raft_snapshot *out);
 
@@ -228,9 +229,10 @@ int store_snapshot_path(store *s, const store_snapshot_id *id, char **path, uint
 void store_snapshot_gc(store *s, const store_snapshot_id *keep, size_t n_keep);
 
 /*
- * Staging of a snapshot being received. One staging per store at a time: beginning a newer
- * snapshot discards the older staging. Chunks are written durably (fsync) at their offset and
- * must arrive in order; store_staging_offset() tells where to resume after a restart.
+ * Staging of a snapshot being received. One staging per store at a time: beginning any other
+ * snapshot discards the current staging (the transfer layer decides which transfer wins). Chunks
+ * are written durably (fsync) at their offset and must arrive in order; store_staging_offset()
+ * tells where to resume after a restart.
  */
 int store_staging_begin(store *s, const store_snapshot_id *id);
 int store_staging_write(store *s, const store_snapshot_id *id, uint64_t offset, const void *buf,
