@@ -54,7 +54,9 @@ enum {
 	RAFT_ERR_NOMEM = -8,
 	/* The rawnode hit a fatal error earlier and refuses further work. */
 	RAFT_ERR_STOPPED = -9,
-	/* raft_message_decode(): the bytes are not a valid encoded message. */
+	/* Bytes that are not a valid encoded message (raft_message_decode), or a stored state or
+	 * peer message that breaks a protocol invariant, such as a commit beyond the log; in the
+	 * latter case the node stops rather than corrupt its log. */
 	RAFT_ERR_CORRUPT = -10,
 };
 
@@ -64,6 +66,10 @@ const char *raft_strerror(int rv);
 /* ------------------------------------------------------------------------------------------ */
 /* Log entries, state, snapshots                                                              */
 /* ------------------------------------------------------------------------------------------ */
+
+/* Terms and indexes above this are refused in messages, so `+ 1` never wraps and every value
+ * fits SQLite's signed 64-bit integers. */
+#define RAFT_MAX_INDEX ((uint64_t)INT64_MAX)
 
 /* The largest cluster the core supports. Membership is fixed-size so that conf states and
  * snapshot metadata can be copied by value. */
@@ -315,12 +321,14 @@ typedef struct raft_config {
 	const raft_storage *storage; /* borrowed; must outlive the rawnode */
 	uint64_t applied; /* last applied index on restart; entries at or below it are never
 	                     handed out again */
-	uint64_t max_size_per_msg; /* payload bytes per APPEND (at least one entry is sent) */
+	uint64_t max_size_per_msg; /* payload bytes per APPEND; at least one entry is sent, so 0
+	                              means one entry per APPEND */
 	size_t max_inflight_msgs;  /* APPENDs in flight per follower in replicate state; >= 1 */
 	uint64_t max_uncommitted_entries_size; /* leader drops proposals beyond this many
-	                                          uncommitted payload bytes; 0 = no limit */
-	uint64_t max_committed_size_per_ready; /* payload bytes of committed entries per Ready
-	                                          (at least one entry is returned) */
+	                                          uncommitted payload bytes (an empty entry
+	                                          counts 1); 0 = no limit */
+	uint64_t max_committed_size_per_ready; /* payload bytes of committed entries per Ready;
+	                                          at least one entry, so 0 means one per Ready */
 	bool pre_vote;                         /* run a pre-vote before raising the term (§9.6) */
 	bool check_quorum; /* leader steps down without a quorum's contact; leader lease */
 	bool disable_proposal_forwarding; /* followers drop proposals instead of forwarding */
@@ -457,10 +465,13 @@ int raft_rawnode_campaign(raft_rawnode *rn);
 int raft_rawnode_propose(raft_rawnode *rn, const void *data, size_t len);
 
 /*
- * Feeds a received message (borrowed; step copies what it keeps). Local types (HUP, BEAT) are
- * refused with RAFT_ERR_INVALID: use campaign/tick. Returns RAFT_OK for messages that are
- * ignored by the protocol (stale terms, unknown senders); errors mean the node stopped or the
- * proposal was dropped.
+ * Feeds a received message (borrowed; step copies what it keeps). Returns RAFT_OK for messages
+ * that the protocol ignores (stale terms, responses from unknown peers, messages addressed to
+ * another node). Returns RAFT_ERR_INVALID, without stopping the node, for messages that no
+ * correct peer sends: local types (HUP, BEAT: use campaign/tick), term 0 on anything but a
+ * forwarded PROPOSE/READ_INDEX/TRANSFER_LEADER, `from` equal to this node or 0, terms or indexes
+ * above RAFT_MAX_INDEX, entries that do not follow `index`. RAFT_ERR_PROPOSAL_DROPPED for a
+ * forwarded proposal it cannot take. Any other error means the node stopped (see raft_status).
  */
 int raft_rawnode_step(raft_rawnode *rn, const raft_message *m);
 

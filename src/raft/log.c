@@ -353,6 +353,10 @@ void log_stable_to(raft_log *l, uint64_t index, uint64_t term)
 	memmove(l->unstable, l->unstable + drop, (l->n_unstable - drop) * sizeof(raft_entry));
 	l->n_unstable -= drop;
 	l->offset = index + 1;
+	/* Entries re-appended after a truncation may already be durable: never leave in_progress
+	 * behind offset - 1 (rawnode_take_entries indexes from it). */
+	if (l->in_progress < index)
+		l->in_progress = index;
 }
 
 void log_stable_snapshot_to(raft_log *l, uint64_t index)

@@ -292,6 +292,7 @@ void raft_advance_applied(raft *r, uint64_t applied, uint64_t applied_size)
 static void raft_abort_transfer(raft *r)
 {
 	r->lead_transferee = 0;
+	r->transfer_elapsed = 0;
 }
 
 static void raft_clear_reads(raft *r)
@@ -466,11 +467,12 @@ static void raft_tick_heartbeat(raft *r)
 			raft_become_follower(r, r->term, 0);
 			return;
 		}
-		if (r->lead_transferee != 0) {
-			raft_tracef(r, "transfer to %llu timed out",
-			            (unsigned long long)r->lead_transferee);
-			raft_abort_transfer(r);
-		}
+	}
+	/* Its own timer, so that transfer requests can never postpone the quorum check. */
+	if (r->lead_transferee != 0 && ++r->transfer_elapsed >= r->election_timeout) {
+		raft_tracef(r, "transfer to %llu timed out",
+		            (unsigned long long)r->lead_transferee);
+		raft_abort_transfer(r);
 	}
 	if (r->heartbeat_elapsed >= r->heartbeat_timeout) {
 		r->heartbeat_elapsed = 0;
@@ -517,16 +519,16 @@ static void raft_answer_read(raft *r, uint64_t from, uint64_t index, uint64_t co
 
 static void raft_leader_read(raft *r, uint64_t from, uint64_t context)
 {
-	if (r->n_prs == 1) {
-		raft_answer_read(r, from, r->log.committed, context);
-		return;
-	}
 	raft_read_request req = {.index = r->log.committed, .from = from, .context = context};
 	if (!raft_committed_in_term(r)) {
 		/* The commit index of a new leader may be stale until its empty entry commits. */
 		if (r->pending_reads.n < RAFT_MAX_PENDING_READS &&
 		    raft_read_queue_push(&r->pending_reads, &req) != RAFT_OK)
 			raft_fail(r, RAFT_ERR_NOMEM);
+		return;
+	}
+	if (r->n_prs == 1) {
+		raft_answer_read(r, from, r->log.committed, context);
 		return;
 	}
 	if (r->reads.n >= RAFT_MAX_PENDING_READS)
@@ -602,7 +604,7 @@ static void raft_leader_transfer(raft *r, uint64_t transferee)
 	if (r->lead_transferee == transferee)
 		return;
 	r->lead_transferee = transferee;
-	r->election_elapsed = 0; /* the transfer must finish within one election timeout */
+	r->transfer_elapsed = 0; /* the transfer must finish within one election timeout */
 	raft_tracef(r, "transferring leadership to %llu", (unsigned long long)transferee);
 	if (pr->match == log_last_index(&r->log))
 		raft_send_timeout_now(r, transferee);
@@ -621,7 +623,7 @@ static int raft_leader_propose(raft *r, const raft_message *m)
 	for (size_t i = 0; i < m->n_entries; i++)
 		if (m->entries[i].type != RAFT_ENTRY_NORMAL)
 			return RAFT_ERR_PROPOSAL_DROPPED; /* membership is fixed in this version */
-	uint64_t size = util_payload_size(m->entries, m->n_entries);
+	uint64_t size = util_accounted_size(m->entries, m->n_entries);
 	if (r->max_uncommitted_size > 0 && r->uncommitted_size > 0 &&
 	    r->uncommitted_size + size > r->max_uncommitted_size)
 		return RAFT_ERR_PROPOSAL_DROPPED;
@@ -663,6 +665,8 @@ static void raft_leader_append_response(raft *r, raft_progress *pr, const raft_m
 		}
 		return;
 	}
+	if (m->index > log_last_index(&r->log))
+		return; /* acknowledges entries we never sent */
 	bool was_paused = progress_is_paused(pr);
 	bool probe_matched = pr->state == RAFT_PROGRESS_PROBE && pr->match == m->index;
 	if (!progress_maybe_update(pr, m->index) && !probe_matched)
@@ -788,7 +792,9 @@ static void raft_handle_append(raft *r, const raft_message *m)
 
 static void raft_handle_heartbeat(raft *r, const raft_message *m)
 {
-	log_commit_to(&r->log, m->commit);
+	/* The leader sends min(match, commit); clamp anyway so a confused peer cannot stop us. */
+	uint64_t last = log_last_index(&r->log);
+	log_commit_to(&r->log, m->commit < last ? m->commit : last);
 	raft_message resp = {
 	    .type = RAFT_MSG_HEARTBEAT_RESPONSE, .to = m->from, .context = m->context};
 	raft_send(r, &resp);
@@ -912,7 +918,7 @@ static int raft_step_candidate(raft *r, const raft_message *m)
 	case RAFT_MSG_HEARTBEAT:
 	case RAFT_MSG_SNAPSHOT:
 		/* A leader of our term exists: concede (§5.2). */
-		raft_become_follower(r, m->term, m->from);
+		raft_become_follower(r, r->term, m->from);
 		return raft_step_follower(r, m);
 	default:
 		break;
@@ -998,9 +1004,19 @@ static void raft_handle_vote_request(raft *r, const raft_message *m)
 }
 
 /* Rejects messages whose entries could break the log's invariants. */
+static bool raft_index_ok(uint64_t v)
+{
+	return v <= RAFT_MAX_INDEX;
+}
+
 static bool raft_message_is_sane(const raft_message *m)
 {
 	if (m->n_entries > 0 && m->entries == NULL)
+		return false;
+	if (!raft_index_ok(m->term) || !raft_index_ok(m->log_term) || !raft_index_ok(m->index) ||
+	    !raft_index_ok(m->commit) || !raft_index_ok(m->reject_hint) ||
+	    !raft_index_ok(m->snapshot.metadata.index) ||
+	    !raft_index_ok(m->snapshot.metadata.term) || m->n_entries > RAFT_MAX_INDEX - m->index)
 		return false;
 	for (size_t i = 0; i < m->n_entries; i++) {
 		const raft_entry *e = &m->entries[i];
@@ -1154,10 +1170,14 @@ int raft_init(raft *r, const raft_config *c)
 	if (rv != RAFT_OK)
 		goto fail;
 	if (c->applied > 0) {
-		if (c->applied > r->log.committed) {
+		/* Applied entries were committed even if a commit-only hard state (never synced)
+		 * was lost; an applied index beyond the log, though, cannot be right. */
+		if (c->applied > log_last_index(&r->log)) {
 			rv = RAFT_ERR_INVALID;
 			goto fail;
 		}
+		if (c->applied > r->log.committed)
+			r->log.committed = c->applied;
 		if (c->applied > r->log.applied)
 			r->log.applied = r->log.applying = c->applied;
 	}

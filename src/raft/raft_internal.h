@@ -161,6 +161,7 @@ typedef struct raft {
 	uint64_t read_seq;
 
 	int election_elapsed;
+	int transfer_elapsed; /* ticks since the pending transfer started */
 	int heartbeat_elapsed;
 	int election_timeout;
 	int heartbeat_timeout;
@@ -200,5 +201,6 @@ void raft_tracef(raft *r, const char *fmt, ...) __attribute__((format(printf, 2,
 uint64_t util_rand(uint64_t *state);
 int util_entry_copy(raft_entry *dst, const raft_entry *src);
 uint64_t util_payload_size(const raft_entry *ents, size_t n);
+uint64_t util_accounted_size(const raft_entry *ents, size_t n);
 
 #endif /* RAFT_INTERNAL_H */

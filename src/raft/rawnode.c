@@ -100,12 +100,30 @@ int raft_rawnode_propose(raft_rawnode *rn, const void *data, size_t len)
 	return rawnode_check(rn, raft_step(&rn->r, &m));
 }
 
+/*
+ * Only forwarded requests (PROPOSE, READ_INDEX, TRANSFER_LEADER) may travel without a term; any
+ * other term-0 message would otherwise pass the term rules as "local". A message claiming to be
+ * from this node could move its own progress (etcd#14370 by spoofing).
+ */
+static bool rawnode_is_acceptable(const raft_rawnode *rn, const raft_message *m)
+{
+	if (m->type == RAFT_MSG_TRANSFER_LEADER)
+		return true; /* `from` names the transferee, which may be this node */
+	if (m->term == 0)
+		return m->type == RAFT_MSG_PROPOSE || m->type == RAFT_MSG_READ_INDEX;
+	return m->from != 0 && m->from != rn->r.id;
+}
+
 int raft_rawnode_step(raft_rawnode *rn, const raft_message *m)
 {
 	if (rn == NULL || m == NULL || m->type == RAFT_MSG_HUP || m->type == RAFT_MSG_BEAT)
 		return RAFT_ERR_INVALID;
+	if (rn->r.err != 0)
+		return RAFT_ERR_STOPPED;
 	if (m->to != 0 && m->to != rn->r.id)
 		return RAFT_OK; /* misrouted; not ours to act on */
+	if (!rawnode_is_acceptable(rn, m))
+		return RAFT_ERR_INVALID;
 	return rawnode_check(rn, raft_step(&rn->r, m));
 }
 
@@ -150,7 +168,7 @@ static int rawnode_take_entries(raft_rawnode *rn)
 	raft_log *l = &rn->r.log;
 	if (!log_has_unhanded_entries(l))
 		return RAFT_OK;
-	size_t from = (size_t)(l->in_progress + 1 - l->offset);
+	size_t from = l->in_progress + 1 > l->offset ? (size_t)(l->in_progress + 1 - l->offset) : 0;
 	size_t n = l->n_unstable - from;
 	raft_entry *ents = calloc(n, sizeof(*ents));
 	if (ents == NULL)
@@ -193,7 +211,7 @@ static int rawnode_take_committed(raft_rawnode *rn)
 	size_t n = rn->rd.n_committed_entries;
 	if (n > 0) {
 		l->applying = rn->rd.committed_entries[n - 1].index;
-		rn->rd_applying_size = util_payload_size(rn->rd.committed_entries, n);
+		rn->rd_applying_size = util_accounted_size(rn->rd.committed_entries, n);
 	}
 	rn->rd_applying = l->applying;
 	return RAFT_OK;
@@ -226,6 +244,8 @@ int raft_rawnode_ready(raft_rawnode *rn, raft_ready *rd)
 	if (rn->outstanding)
 		return RAFT_ERR_INVALID;
 	raft_flush(&rn->r);
+	if (rawnode_check(rn, RAFT_OK) != RAFT_OK)
+		return rn->r.err;
 	memset(&rn->rd, 0, sizeof(rn->rd));
 	rn->rd_last_index = rn->rd_last_term = rn->rd_applying_size = 0;
 
@@ -265,6 +285,10 @@ int raft_rawnode_advance(raft_rawnode *rn)
 	if (rn == NULL || !rn->outstanding)
 		return RAFT_ERR_INVALID;
 	raft *r = &rn->r;
+	if (r->err != 0) {
+		rawnode_release_ready(rn);
+		return RAFT_ERR_STOPPED;
+	}
 	if (rn->rd.has_snapshot) {
 		log_stable_snapshot_to(&r->log, rn->rd.snapshot.metadata.index);
 		if (r->log.applied < rn->rd.snapshot.metadata.index)

@@ -93,3 +93,13 @@ uint64_t util_payload_size(const raft_entry *ents, size_t n)
 		size += ents[i].len;
 	return size;
 }
+
+/* What an entry costs against max_uncommitted_entries_size: its payload, but at least one byte,
+ * so that empty proposals cannot pile up without bound. */
+uint64_t util_accounted_size(const raft_entry *ents, size_t n)
+{
+	uint64_t size = 0;
+	for (size_t i = 0; i < n; i++)
+		size += ents[i].len > 0 ? ents[i].len : 1;
+	return size;
+}
