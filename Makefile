@@ -62,12 +62,14 @@ asan: deps
 	  build-asan/test_raftkv build-asan/example-ready-loop
 	ASAN_OPTIONS=detect_leaks=1 build-asan/example-ready-loop >build-asan/example.log || \
 	  { cat build-asan/example.log; exit 1; }
-	RAFT_SIM_SEEDS=$${RAFT_SIM_SEEDS:-200} ASAN_OPTIONS=detect_leaks=1 build-asan/test_raftkv
+	RAFT_SIM_SEEDS=$${RAFT_SIM_SEEDS:-200} RAFTKV_CRASH_SEEDS=$${RAFTKV_CRASH_SEEDS:-1} \
+	  ASAN_OPTIONS=detect_leaks=1 build-asan/test_raftkv
 
 tsan: deps
 	$(MAKE) $(JOBS) BUILD=build-tsan OPT="-O1 -g" EXTRA_CFLAGS="-fsanitize=thread" \
 	  LDFLAGS="-fsanitize=thread" build-tsan/test_raftkv
-	RAFT_SIM_SEEDS=$${RAFT_SIM_SEEDS:-100} TSAN_OPTIONS=halt_on_error=1 build-tsan/test_raftkv
+	RAFT_SIM_SEEDS=$${RAFT_SIM_SEEDS:-100} RAFTKV_CRASH_SEEDS=$${RAFTKV_CRASH_SEEDS:-1} \
+	  TSAN_OPTIONS=halt_on_error=1 build-tsan/test_raftkv
 
 # Runs the suite over and over; threaded suites must pass every time.
 REPEAT ?= 20
@@ -82,6 +84,8 @@ soak: deps
 	$(MAKE) $(JOBS) $(BUILD)/test_raftkv
 	RAFT_SIM_SEEDS=$${RAFT_SIM_SEEDS:-50000} RAFT_SIM_EVENTS=$${RAFT_SIM_EVENTS:-8000} \
 	  $(BUILD)/test_raftkv sim
+	RAFTKV_CRASH_STEPS=$${RAFTKV_CRASH_STEPS:-60} RAFTKV_CRASH_SEEDS=$${RAFTKV_CRASH_SEEDS:-3} \
+	  $(BUILD)/test_raftkv store_crash
 
 # libFuzzer targets (clang). Built here, run by hand (see README).
 FUZZ_CC    ?= clang

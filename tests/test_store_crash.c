@@ -1289,6 +1289,62 @@ static void cr_error_loop(cr_loop *l, const cr_fault *f, uint64_t stride)
 	cr_run_free(&r);
 }
 
+/* With the disk still full, a reopen either refuses cleanly (STORE_ERR_FULL) or opens a store
+ * that reads a state a crash may leave and refuses the next write with STORE_ERR_FULL. */
+static bool cr_reopen_full(cr_run *r, char *why, size_t len)
+{
+	char err[256] = "";
+	cm_state got;
+	int rv = cr_open(r, err, sizeof(err));
+	bool ok;
+
+	if (rv != STORE_OK) {
+		snprintf(why, len, "reopen on a full disk: %s: %s", store_strerror(rv), err);
+		return rv == STORE_ERR_FULL;
+	}
+	if (cm_load(r->s, &got, why, len) != STORE_OK)
+		return false;
+	ok = cr_match(r, &got, why, len) >= 0;
+	cm_free(&got);
+	cm_free(&r->m);
+	cm_copy(&r->m, &r->cand[r->n_cand - 1]);
+	r->rv = STORE_OK;
+	if (ok && (cr_vote(r) || r->rv != STORE_ERR_FULL || !cr_fail_stopped(r, STORE_ERR_FULL))) {
+		snprintf(why, len, "a write on a full disk: %s", store_strerror(r->rv));
+		ok = false;
+	}
+	cr_close(r);
+	return ok;
+}
+
+/* The disk fills up at the k-th write and stays full across a restart; then space comes back. */
+static void cr_full_loop(cr_loop *l)
+{
+	static const cr_fault f = {"disk stays full", VFS_FAULT_WRITE, SQLITE_FULL, STORE_ERR_FULL};
+	uint64_t total = cr_fault_ops(l, &f);
+	char why[512];
+	cr_run r;
+
+	cr_run_init(&r);
+	for (uint64_t k = 1; k <= total; k += l->stride > 0 ? l->stride : 1) {
+		cr_start(&r, l->seed, l->rounds, l->seed * 1000003 + k);
+		vfs_fault_fail_from(f.mask, k, f.rc);
+		cr_workload(&r);
+		bool ok = r.rv == f.want && cr_fail_stopped(&r, f.want);
+		cr_close(&r);
+		if (ok && !cr_reopen_full(&r, why, sizeof(why)))
+			ok = false;
+		else if (!ok)
+			snprintf(why, sizeof(why), "wrong error, or no fail-stop");
+		if (!ok && l->failures++ < CR_MAX_REPORTS)
+			cr_report(&r, f.name, k, why);
+		vfs_fault_clear();
+		cr_check_point(&r, l, f.name, k);
+		cr_close(&r);
+	}
+	cr_run_free(&r);
+}
+
 /* Power cut during the creation of a new store: reopening works and gives an empty store. */
 static void cr_create_loop(cr_loop *l)
 {
@@ -1418,6 +1474,19 @@ static void test_error_read(void)
 	cr_error_test(&f, 1);
 }
 
+static void test_disk_stays_full(void)
+{
+	uint64_t first;
+
+	cr_seeds(&first);
+	if (!cr_fixture_get())
+		return;
+	cr_loop l = {.seed = first, .rounds = cr_rounds(), .stride = 5};
+
+	cr_full_loop(&l);
+	cr_summary("disk stays full", &l);
+}
+
 static int cr_suite_init(void)
 {
 	if (vfs_fault_register(NULL) != SQLITE_OK)
@@ -1443,6 +1512,7 @@ void test_register_store_crash(void)
 	CU_add_test(s, "power cut with snapshot dumps running", test_crash_with_dumps);
 	CU_add_test(s, "write error fail-stops", test_error_write_ioerr);
 	CU_add_test(s, "full disk fail-stops", test_error_write_full);
+	CU_add_test(s, "disk that stays full across a restart", test_disk_stays_full);
 	CU_add_test(s, "fsync error fail-stops", test_error_sync);
 	CU_add_test(s, "read error fail-stops", test_error_read);
 }

@@ -44,6 +44,8 @@ const char *store_strerror(int rv)
 		return "store fail-stopped after an earlier error";
 	case STORE_ERR_NOT_FOUND:
 		return "not found";
+	case STORE_ERR_CORRUPT:
+		return "database or snapshot file is corrupt";
 	default:
 		return raft_strerror(rv);
 	}
