@@ -186,7 +186,7 @@ static int sql_compact(fixture *f, uint64_t i)
 	f->st->last_index(f->st->ctx, &last);
 	if (i > f->s->truncated_index && i <= last)
 		sql_mark_applied(f, i);
-	return store_compact(f->s, i, 3);
+	return store_compact(f->s, i, 3, NULL);
 }
 
 static void sql_reopen(fixture *f)
@@ -834,7 +834,7 @@ static void test_sqlite_transactions(void)
 
 	sql_mark_applied(f, 50);
 	commits = 0;
-	CU_ASSERT_EQUAL(store_compact(f->s, 50, 7), STORE_OK);
+	CU_ASSERT_EQUAL(store_compact(f->s, 50, 7, NULL), STORE_OK);
 	CU_ASSERT_EQUAL(commits, 8); /* ceil(50 / 7) */
 	sqlite3_commit_hook(f->s->db, NULL, NULL);
 	m->trunc = 50;
@@ -850,12 +850,12 @@ static void test_sqlite_compact_limits(void)
 	memset(m, 0, sizeof(*m));
 	op_append(f, m, 1, 10, NULL, 1, RAFT_OK);
 	sql_mark_applied(f, 5);
-	CU_ASSERT_EQUAL(store_compact(f->s, 6, 0), STORE_ERR_INVALID);
+	CU_ASSERT_EQUAL(store_compact(f->s, 6, 0, NULL), STORE_ERR_INVALID);
 	CU_ASSERT(strlen(store_errmsg(f->s)) > 0);
 	CU_ASSERT_EQUAL(store_failed(f->s), STORE_OK);
-	CU_ASSERT_EQUAL(store_compact(f->s, 5, 0), STORE_OK);
-	CU_ASSERT_EQUAL(store_compact(f->s, 5, 0), RAFT_ERR_COMPACTED);
-	CU_ASSERT_EQUAL(store_compact(f->s, 3, 0), RAFT_ERR_COMPACTED);
+	CU_ASSERT_EQUAL(store_compact(f->s, 5, 0, NULL), STORE_OK);
+	CU_ASSERT_EQUAL(store_compact(f->s, 5, 0, NULL), RAFT_ERR_COMPACTED);
+	CU_ASSERT_EQUAL(store_compact(f->s, 3, 0, NULL), RAFT_ERR_COMPACTED);
 	CU_ASSERT_EQUAL(store_failed(f->s), STORE_OK);
 	m->trunc = 5;
 	m->trunc_term = 1;

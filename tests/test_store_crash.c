@@ -906,7 +906,7 @@ static bool cr_compact(cr_run *r)
 		cr_cand_push(r, &next);
 	}
 	r->counts.compactions++;
-	return cr_after(r, store_compact(r->s, upto, (size_t)chunk), &next, false, "compact");
+	return cr_after(r, store_compact(r->s, upto, (size_t)chunk, NULL), &next, false, "compact");
 }
 
 /* Starts a dump on the store's helper thread (it reads on its own connection while the
@@ -1233,7 +1233,7 @@ static bool cr_fail_stopped(cr_run *r, int want)
 	rd.hard_state.commit++;
 	return store_failed(r->s) == want && store_persist_ready(r->s, &rd) == STORE_ERR_FAILED &&
 	       store_apply(r->s, NULL, 0, NULL, NULL) == STORE_ERR_FAILED &&
-	       store_compact(r->s, r->m.applied_index, 0) == STORE_ERR_FAILED &&
+	       store_compact(r->s, r->m.applied_index, 0, NULL) == STORE_ERR_FAILED &&
 	       store_maybe_checkpoint(r->s) == STORE_ERR_FAILED;
 }
 

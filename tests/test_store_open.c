@@ -561,7 +561,7 @@ static void expect_failed_everywhere(store *s)
 	uint64_t v = 0;
 
 	CU_ASSERT_EQUAL(persist_n(s, 1, 1, 1, 1), STORE_ERR_FAILED);
-	CU_ASSERT_EQUAL(store_compact(s, 1, 0), STORE_ERR_FAILED);
+	CU_ASSERT_EQUAL(store_compact(s, 1, 0, NULL), STORE_ERR_FAILED);
 	CU_ASSERT_EQUAL(store_maybe_checkpoint(s), STORE_ERR_FAILED);
 	CU_ASSERT_EQUAL(st->term(st->ctx, 1, &v), STORE_ERR_FAILED);
 	CU_ASSERT_EQUAL(st->last_index(st->ctx, &v), STORE_ERR_FAILED);
@@ -714,7 +714,7 @@ static void test_one_sync_per_ready(void)
 	CU_ASSERT_EQUAL(syncs_since(), 0);
 	apply_upto(s, 500);
 	CU_ASSERT_EQUAL(syncs_since(), 0);
-	CU_ASSERT_EQUAL(store_compact(s, 500, 100), STORE_OK);
+	CU_ASSERT_EQUAL(store_compact(s, 500, 100, NULL), STORE_OK);
 	CU_ASSERT_EQUAL(syncs_since(), 0);
 	store_close(s);
 	CU_ASSERT_EQUAL_FATAL(fault_open(STORE_SYNC_NORMAL, &s), STORE_OK);

@@ -688,10 +688,12 @@ static int compact_chunk(store *s, uint64_t upto)
 	return STORE_OK;
 }
 
-int store_compact(store *s, uint64_t index, size_t chunk)
+int store_compact(store *s, uint64_t index, size_t chunk, bool *more)
 {
 	int rv = STORE_OK;
 
+	if (more != NULL)
+		*more = false;
 	if (s == NULL)
 		return STORE_ERR_INVALID;
 	if (s->failed != STORE_OK)

@@ -79,8 +79,8 @@ typedef struct store store;
  * file is checked (application id, schema version, cluster id, node id, and a quick integrity
  * check) and refused without being written to: STORE_ERR_NOT_OURS, STORE_ERR_VERSION,
  * STORE_ERR_WRONG_NODE or STORE_ERR_CORRUPT. On STORE_OK *out is owned by the caller (release
- * with store_close()). On error *out is NULL and store_open_errmsg holds the reason.
- * errmsg (may be NULL) receives a NUL-terminated message of at most errmsg_len bytes.
+ * with store_close()). On error *out is NULL and errmsg (may be NULL) receives the reason, a
+ * NUL-terminated message of at most errmsg_len bytes.
  */
 int store_open(const char *path, const store_options *opt, store **out, char *errmsg,
                size_t errmsg_len);
@@ -180,14 +180,24 @@ int store_scan(store *s, const void *start, size_t start_len, const void *end, s
 /* ------------------------------------------------------------------------------------------ */
 
 /*
- * Deletes log rows up to and including index, in chunks of at most `chunk` rows per
- * transaction (0: default 10,000), and records the truncated index and term. Refuses
- * (STORE_ERR_INVALID) to pass the applied index; RAFT_ERR_COMPACTED if already compacted.
+ * Deletes log rows up to and including index, at most `chunk` rows (0: default 10,000) in one
+ * transaction per call, and records the truncated index and term in the same transaction.
+ * *more (may be NULL) is set when rows up to index remain: the caller calls again later, so a
+ * large GC never stalls the write path for long. Refuses (STORE_ERR_INVALID) to pass the
+ * applied index; RAFT_ERR_COMPACTED if index is at or below the truncated index.
  */
-int store_compact(store *s, uint64_t index, size_t chunk);
+int store_compact(store *s, uint64_t index, size_t chunk, bool *more);
+
+/*
+ * Records the cluster's membership (apply_state.conf_state) in its own synced transaction.
+ * Called once when a cluster is created, since membership is fixed in this version; snapshots
+ * carry it to followers, which ignore a snapshot that does not name them.
+ */
+int store_set_conf_state(store *s, const raft_conf_state *cs);
 
 /* Runs a WAL checkpoint if the WAL passed the configured limit and no snapshot dump holds a
- * read transaction. Called by the node between Readies. */
+ * read transaction. SQLite's autocheckpoint is off: the WAL stays bounded only if the node
+ * calls this between Readies. */
 int store_maybe_checkpoint(store *s);
 
 /* ------------------------------------------------------------------------------------------ */
@@ -221,6 +231,10 @@ int store_set_snapshot_dir(store *s, const char *dir);
  * buffer, then ends the transaction.
  */
 int store_snapshot_request(store *s, raft_snapshot *out);
+
+/* Index of the newest snapshot finished since this store was opened, or 0. Log GC should not
+ * compact past it while a follower may still need the entries after it. */
+uint64_t store_snapshot_latest_index(store *s);
 
 /* Path (malloc'd, owned by the caller) and size of a finished snapshot file, for the sender. */
 int store_snapshot_path(store *s, const store_snapshot_id *id, char **path, uint64_t *size);
