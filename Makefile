@@ -19,10 +19,10 @@ LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o)
 TEST_OBJ := $(TEST_SRC:%.c=$(BUILD)/%.o)
 HEADERS  := $(wildcard include/*.h src/*/*.h tests/*.h)
 
-.PHONY: all test asan tsan repeat soak fuzz bench format format-check clean deps
+.PHONY: bench-store all test asan tsan repeat soak fuzz bench format format-check clean deps
 
 all: $(BUILD)/libraftkv.a $(BUILD)/libraftkv.so $(BUILD)/test_raftkv $(BUILD)/raft-microbench \
-     $(BUILD)/example-ready-loop
+     $(BUILD)/example-ready-loop $(BUILD)/store-bench
 
 $(BUILD)/%.o: %.c $(HEADERS)
 	@mkdir -p $(dir $@)
@@ -39,6 +39,10 @@ $(BUILD)/test_raftkv: $(TEST_OBJ) $(BUILD)/libraftkv.a
 	$(CC) $(CFLAGS_ALL) -o $@ $(TEST_OBJ) $(BUILD)/libraftkv.a $(LDFLAGS) -lcunit $(LDLIBS)
 
 $(BUILD)/raft-microbench: $(BUILD)/bench/raft_microbench.o $(BUILD)/libraftkv.a
+	$(CC) $(CFLAGS_ALL) -o $@ $^ $(LDFLAGS) $(LDLIBS)
+
+# Single-node store: Ready persistence and apply, against plain SQLite loops in the same run.
+$(BUILD)/store-bench: $(BUILD)/bench/store_bench.o $(BUILD)/libraftkv.a
 	$(CC) $(CFLAGS_ALL) -o $@ $^ $(LDFLAGS) $(LDLIBS)
 
 # The README's Ready-loop example, compiled and run by `make test` so it cannot rot.
@@ -106,6 +110,11 @@ BENCH_ARGS ?=
 bench: deps
 	$(MAKE) $(JOBS) $(BUILD)/raft-microbench
 	$(BUILD)/raft-microbench $(BENCH_ARGS)
+
+# The store benchmark (about 45 s; runs in build/, on the real disk, not tmpfs).
+bench-store: deps
+	$(MAKE) $(JOBS) $(BUILD)/store-bench
+	$(BUILD)/store-bench $(STORE_BENCH_ARGS)
 
 # The clang-format version is pinned: CI installs clang-format-14 and uses it; elsewhere it is
 # preferred when present.

@@ -1,5 +1,4 @@
-/* store_bench.c - store throughput (Ready persistence, apply) beside plain SQLite loops, one run.
- */
+/* store_bench.c - store throughput (Ready persistence, apply) beside plain SQLite loops. */
 #include <dirent.h>
 #include <errno.h>
 #include <inttypes.h>
@@ -21,17 +20,18 @@
  * pragmas the store chose). */
 #include "store/store_internal.h"
 
-#define ENTRY_SIZE    256
-#define POOL_SIZE     1024 /* distinct payloads and values, reused */
-#define APPLY_BATCH   64
-#define N_KEYS        100000
-#define KEY_SIZE      16
-#define PRELOAD_BATCH 1024
-#define TERM          3
-#define MAX_ROUNDS    100
-#define PATH_CAP      4096
-#define COUNT_VFS     "store-bench-count"
-#define N_PERSIST     3
+#define ENTRY_SIZE         256
+#define POOL_SIZE          1024 /* distinct payloads and values, reused */
+#define APPLY_BATCH        64
+#define N_KEYS             100000
+#define KEY_SIZE           16
+#define PRELOAD_BATCH      1024
+#define TERM               3
+#define MAX_ROUNDS         100
+#define WARMUP_MAX_SECONDS 20.0
+#define PATH_CAP           4096
+#define COUNT_VFS          "store-bench-count"
+#define N_PERSIST          3
 
 static const size_t persist_batches[N_PERSIST] = {1, 64, 1024};
 
@@ -53,13 +53,14 @@ typedef struct tally {
 	double best; /* entries/s of the best round */
 } tally;
 
-/* A measured loop: prep (untimed, may be NULL) builds a batch, run (timed) writes it. Both
+/* One measured side: prep (untimed, may be NULL) builds a batch, run (timed) writes it. Both
  * print their own error and return -1 on failure. */
 typedef struct side {
 	int (*prep)(void *ctx);
 	int (*run)(void *ctx, size_t *n);
 	void *ctx;
-	tally t;
+	tally t;     /* all rounds */
+	tally round; /* the round in progress */
 } side;
 
 /* A plain SQLite connection with its prepared statements. */
@@ -107,6 +108,7 @@ typedef struct report {
 	tally persist[N_PERSIST][2]; /* [batch][0: store, 1: plain] */
 	tally apply[3];              /* no session, session, plain */
 	settings store_set;
+	long long plain_autockpt;
 } report;
 
 static uint64_t count_syncs;
@@ -265,8 +267,12 @@ static int dir_create(const char *parent, report *r)
 	}
 	if (mkdtemp(r->dir) == NULL)
 		goto fail;
-	if (statfs(r->dir, &st) != 0)
-		goto fail;
+	if (statfs(r->dir, &st) != 0) {
+		fprintf(stderr, "store-bench: statfs %s: %s\n", r->dir, strerror(errno));
+		rmdir(r->dir);
+		r->dir[0] = '\0';
+		return -1;
+	}
 	r->fs_type = (unsigned long)st.f_type;
 	if (fs_is_memory(r->fs_type))
 		fprintf(stderr, "store-bench: warning: %s is on %s, not a disk\n", r->dir,
@@ -416,47 +422,95 @@ static void store_settings(store *s, settings *set)
 
 /* ---- measurement ---- */
 
-static void tally_round(tally *t, uint64_t entries, uint64_t batches, uint64_t syncs, double busy)
+/* Adds the side's finished round to its totals. */
+static void round_close(side *sd)
 {
-	double rate = busy > 0 ? (double)entries / busy : 0;
+	tally *t = &sd->t, *r = &sd->round;
+	double rate = r->busy > 0 ? (double)r->entries / r->busy : 0;
 
-	t->entries += entries;
-	t->batches += batches;
-	t->syncs += syncs;
-	t->busy += busy;
+	t->entries += r->entries;
+	t->batches += r->batches;
+	t->syncs += r->syncs;
+	t->busy += r->busy;
 	if (rate > t->best)
 		t->best = rate;
+	memset(r, 0, sizeof(*r));
 }
 
-static int run_round(side *sd, double seconds)
+static int run_batch(side *sd)
 {
-	uint64_t entries = 0, batches = 0, syncs = count_syncs;
-	double busy = 0;
+	uint64_t syncs;
+	size_t n = 0;
+	double t0;
 
-	while (busy < seconds) {
-		size_t n = 0;
-		double t0;
-
-		if (sd->prep != NULL && sd->prep(sd->ctx) != 0)
-			return -1;
-		t0 = now();
-		if (sd->run(sd->ctx, &n) != 0)
-			return -1;
-		busy += now() - t0;
-		entries += n;
-		batches++;
-	}
-	tally_round(&sd->t, entries, batches, count_syncs - syncs, busy);
+	if (sd->prep != NULL && sd->prep(sd->ctx) != 0)
+		return -1;
+	syncs = count_syncs;
+	t0 = now();
+	if (sd->run(sd->ctx, &n) != 0)
+		return -1;
+	sd->round.busy += now() - t0;
+	sd->round.syncs += count_syncs - syncs;
+	sd->round.entries += n;
+	sd->round.batches++;
 	return 0;
 }
 
-/* Alternates the sides round by round, rotating which one goes first. */
+/* One round: the sides take turns batch by batch, the first rotating at every turn, so a slow
+ * spell of the disk hits all of them alike. Each stops once it has run for `seconds`. */
+static int run_round(side *sides, size_t n, double seconds)
+{
+	bool more = true;
+
+	for (size_t turn = 0; more; turn++) {
+		more = false;
+		for (size_t k = 0; k < n; k++) {
+			side *sd = &sides[(k + turn) % n];
+
+			if (sd->round.busy >= seconds)
+				continue;
+			if (run_batch(sd) != 0)
+				return -1;
+			more = true;
+		}
+	}
+	for (size_t k = 0; k < n; k++)
+		round_close(&sides[k]);
+	return 0;
+}
+
+/*
+ * Untimed batches until the side's first WAL checkpoint (a batch with more syncs than its first
+ * batch), so that the rounds see a recycled WAL, as a long-running node does, and not a fresh
+ * one that grows: an fdatasync that extends a file also commits the file system's journal.
+ */
+static int warm_up(side *sd)
+{
+	double start = now();
+	uint64_t first = 0;
+
+	while (now() - start < WARMUP_MAX_SECONDS) {
+		uint64_t before = sd->round.syncs;
+
+		if (run_batch(sd) != 0)
+			return -1;
+		if (sd->round.batches == 1)
+			first = sd->round.syncs;
+		else if (sd->round.syncs - before > first)
+			break;
+	}
+	memset(&sd->round, 0, sizeof(sd->round));
+	return 0;
+}
+
 static int run_rounds(side *sides, size_t n, const options *o)
 {
+	for (size_t k = 0; k < n; k++)
+		if (warm_up(&sides[k]) != 0)
+			return -1;
 	for (int r = 0; r < o->rounds; r++)
-		for (size_t k = 0; k < n; k++)
-			if (run_round(&sides[(k + (size_t)r) % n], o->seconds / o->rounds) != 0)
-				return -1;
+		if (run_round(sides, n, o->seconds / o->rounds) != 0)
+			return -1;
 	return 0;
 }
 
@@ -560,7 +614,11 @@ static int persist_case(const options *o, report *r, const unsigned char *pool, 
 		sides[k].ctx = &c[k];
 	}
 	c[0].ents = calloc(c[0].batch, sizeof(raft_entry));
-	if (c[0].ents == NULL || persist_open(r, c[0].batch, c) != 0)
+	if (c[0].ents == NULL) {
+		fprintf(stderr, "store-bench: out of memory\n");
+		goto cleanup;
+	}
+	if (persist_open(r, c[0].batch, c) != 0)
 		goto cleanup;
 	sides[0].prep = persist_store_prep;
 	sides[0].run = persist_store_run;
@@ -575,16 +633,21 @@ cleanup:
 	return rv;
 }
 
-/* Reads the store's settings from a scratch store, since the plain loops copy them. */
+/* Reads the store's settings from a scratch store, since the plain loops copy them, and
+ * SQLite's default checkpoint threshold, which the plain loops keep. */
 static int read_settings(report *r)
 {
 	char path[PATH_CAP];
+	sqlite3 *db = NULL;
 	store *s = NULL;
 
 	if (path_join(path, r->dir, "settings.db") != 0 || bench_store_open(path, &s) != 0)
 		return -1;
 	store_settings(s, &r->store_set);
 	store_close(s);
+	if (sqlite3_open(":memory:", &db) == SQLITE_OK)
+		r->plain_autockpt = pragma_int(db, "PRAGMA wal_autocheckpoint");
+	sqlite3_close(db);
 	return 0;
 }
 
@@ -686,7 +749,8 @@ static int apply_plain_run(void *ctx, size_t *n)
 	return 0;
 }
 
-/* Writes every key once, in batches of PRELOAD_BATCH, through the side's own loop. */
+/* Writes every key once, in key order (the key space is sorted), in batches of PRELOAD_BATCH,
+ * through the side's own loop. */
 static int apply_preload(apply_ctx *c, bool store_side)
 {
 	size_t n;
@@ -723,13 +787,16 @@ static int apply_register(apply_ctx *c)
 	return 0;
 }
 
+/* Each side has its own database, so none inherits another's cached pages or checkpoint debt. */
 static int apply_open(const report *r, apply_ctx *c)
 {
 	char path[PATH_CAP];
 
 	if (path_join(path, r->dir, "apply.db") != 0 || bench_store_open(path, &c[0].s) != 0)
 		return -1;
-	c[1].s = c[0].s;
+	if (path_join(path, r->dir, "apply-session.db") != 0 ||
+	    bench_store_open(path, &c[1].s) != 0)
+		return -1;
 	if (path_join(path, r->dir, "plain-apply.db") != 0)
 		return -1;
 	return plain_open(&c[2].p, path, "NORMAL", &r->store_set,
@@ -753,7 +820,8 @@ static int apply_setup(const options *o, const report *r, const unsigned char *k
 		                  .ctx = &c[k]};
 	}
 	if (apply_open(r, c) != 0 || apply_preload(&c[0], true) != 0 ||
-	    apply_preload(&c[2], false) != 0 || apply_register(&c[1]) != 0)
+	    apply_preload(&c[1], true) != 0 || apply_preload(&c[2], false) != 0 ||
+	    apply_register(&c[1]) != 0)
 		return -1;
 	for (int k = 0; k < 3; k++)
 		c[k].rng = o->seed ^ UINT64_C(0x5eed);
@@ -780,6 +848,7 @@ static int apply_case(const options *o, report *r, const unsigned char *keys,
 			free(c[k].ents[e].data);
 	}
 	store_close(c[0].s);
+	store_close(c[1].s);
 	plain_close(&c[2].p);
 	return rv;
 }
@@ -791,7 +860,17 @@ static double syncs_per_batch(const tally *t)
 	return t->batches > 0 ? (double)t->syncs / (double)t->batches : 0;
 }
 
+static double mean(const tally *t)
+{
+	return t->busy > 0 ? (double)t->entries / t->busy : 0;
+}
+
 static double ratio(const tally *a, const tally *b)
+{
+	return mean(b) > 0 ? mean(a) / mean(b) : 0;
+}
+
+static double ratio_best(const tally *a, const tally *b)
 {
 	return b->best > 0 ? a->best / b->best : 0;
 }
@@ -800,45 +879,55 @@ static void print_header(const options *o, const report *r)
 {
 	const settings *s = &r->store_set;
 
-	printf("store-bench: seed %" PRIu64 ", %.1f s per side per case in %d alternating rounds"
-	       " (best round shown)\n",
+	printf("store-bench: seed %" PRIu64 ", %g s per side per case over %d round(s), the sides"
+	       " taking turns batch by batch,\nafter an untimed warm-up up to each side's first WAL"
+	       " checkpoint\n"
+	       "e/s: entries / measured time over all rounds; best: ratio of the best rounds\n",
 	       o->seed, o->seconds, o->rounds);
 	printf("dir %s on %s (f_type 0x%lx), SQLite %s\n", r->dir, fs_name(r->fs_type), r->fs_type,
 	       sqlite3_libversion());
 	printf("store: page_size %lld, cache_size %lld (%lld KiB), secure_delete %lld,"
-	       " wal_autocheckpoint %lld,\n       store_maybe_checkpoint() after each batch with a "
-	       "WAL limit of %lld pages (journal_size_limit %lld)\n",
+	       " wal_autocheckpoint %lld; store_maybe_checkpoint() after each batch,\n"
+	       "       WAL limit %lld pages (journal_size_limit %lld)\n",
 	       s->page_size, s->cache_size, s->cache_size < 0 ? -s->cache_size : 0,
 	       s->secure_delete, s->autockpt, s->page_size > 0 ? s->size_limit / s->page_size : 0,
 	       s->size_limit);
-	printf("plain: same schema and cache_size/secure_delete, WAL, wal_autocheckpoint 1000,"
-	       " prepared statements, one transaction per batch\n");
+	printf("plain: the store's schema, cache_size and secure_delete; WAL, wal_autocheckpoint"
+	       " %lld (default), prepared statements, one transaction per batch\n",
+	       r->plain_autockpt);
+}
+
+static void print_row(const char *name, const tally *a, const tally *b)
+{
+	printf("%-11s %11.0f %11.0f %6.3f %6.3f %8.2f %8.2f\n", name, mean(a), mean(b), ratio(a, b),
+	       ratio_best(a, b), syncs_per_batch(a), syncs_per_batch(b));
+}
+
+static void print_columns(const char *first)
+{
+	printf("%-11s %11s %11s %6s %6s %8s %8s\n", first, "store e/s", "plain e/s", "ratio",
+	       "best", "syncs/b", "plain");
 }
 
 static void print_table(const options *o, const report *r)
 {
-	print_header(o, r);
-	printf("\nReady persistence, %d-byte entries, STORE_SYNC_FULL, must_sync (plain: "
-	       "synchronous=FULL)\n",
-	       ENTRY_SIZE);
-	printf("%-12s %12s %12s %7s %13s %13s\n", "batch", "store e/s", "plain e/s", "ratio",
-	       "store sync/b", "plain sync/b");
-	for (size_t k = 0; k < N_PERSIST; k++) {
-		const tally *t = r->persist[k];
+	char name[32];
 
-		printf("%-12zu %12.0f %12.0f %7.3f %13.2f %13.2f\n", persist_batches[k], t[0].best,
-		       t[1].best, ratio(&t[0], &t[1]), syncs_per_batch(&t[0]),
-		       syncs_per_batch(&t[1]));
+	print_header(o, r);
+	printf("\nReady persistence: %d-byte entries, STORE_SYNC_FULL, must_sync"
+	       " (plain: synchronous=FULL)\n",
+	       ENTRY_SIZE);
+	print_columns("batch");
+	for (size_t k = 0; k < N_PERSIST; k++) {
+		snprintf(name, sizeof(name), "%zu", persist_batches[k]);
+		print_row(name, &r->persist[k][0], &r->persist[k][1]);
 	}
-	printf("\nApply, batches of %d PUTs, %d-byte keys over %d (preloaded), %d-byte values "
-	       "(plain: upsert, synchronous=NORMAL)\n",
+	printf("\nApply: batches of %d PUTs, %d-byte keys over %d (preloaded), %d-byte values"
+	       " (plain: upsert, synchronous=NORMAL)\n",
 	       APPLY_BATCH, KEY_SIZE, N_KEYS, ENTRY_SIZE);
-	printf("%-12s %12s %12s %7s %13s %13s\n", "case", "store e/s", "plain e/s", "ratio",
-	       "store sync/b", "plain sync/b");
-	for (int k = 0; k < 2; k++)
-		printf("%-12s %12.0f %12.0f %7.3f %13.2f %13.2f\n", k ? "session" : "no session",
-		       r->apply[k].best, r->apply[2].best, ratio(&r->apply[k], &r->apply[2]),
-		       syncs_per_batch(&r->apply[k]), syncs_per_batch(&r->apply[2]));
+	print_columns("case");
+	print_row("no session", &r->apply[0], &r->apply[2]);
+	print_row("session", &r->apply[1], &r->apply[2]);
 }
 
 static void json_string(const char *s)
@@ -858,10 +947,11 @@ static void json_string(const char *s)
 static void json_pair(const char *name, const tally *a, const tally *b)
 {
 	printf("{\"case\": \"%s\", \"store_eps\": %.0f, \"plain_eps\": %.0f, \"ratio\": %.4f,"
+	       " \"store_best_eps\": %.0f, \"plain_best_eps\": %.0f, \"ratio_best\": %.4f,"
 	       " \"store_syncs_per_batch\": %.3f, \"plain_syncs_per_batch\": %.3f,"
 	       " \"store_entries\": %" PRIu64 ", \"plain_entries\": %" PRIu64 "}",
-	       name, a->best, b->best, ratio(a, b), syncs_per_batch(a), syncs_per_batch(b),
-	       a->entries, b->entries);
+	       name, mean(a), mean(b), ratio(a, b), a->best, b->best, ratio_best(a, b),
+	       syncs_per_batch(a), syncs_per_batch(b), a->entries, b->entries);
 }
 
 static void print_json(const options *o, const report *r)
@@ -874,10 +964,12 @@ static void print_json(const options *o, const report *r)
 	json_string(r->dir);
 	printf(", \"fs\": \"%s\", \"fs_type\": %lu, \"sqlite\": \"%s\",\n", fs_name(r->fs_type),
 	       r->fs_type, sqlite3_libversion());
-	printf(" \"store_settings\": {\"page_size\": %lld, \"cache_size\": %lld,"
-	       " \"secure_delete\": %lld, \"wal_autocheckpoint\": %lld,"
-	       " \"journal_size_limit\": %lld},\n \"persist\": [",
-	       s->page_size, s->cache_size, s->secure_delete, s->autockpt, s->size_limit);
+	printf(
+	    " \"store_settings\": {\"page_size\": %lld, \"cache_size\": %lld,"
+	    " \"secure_delete\": %lld, \"wal_autocheckpoint\": %lld,"
+	    " \"journal_size_limit\": %lld}, \"plain_wal_autocheckpoint\": %lld,\n \"persist\": [",
+	    s->page_size, s->cache_size, s->secure_delete, s->autockpt, s->size_limit,
+	    r->plain_autockpt);
 	for (size_t k = 0; k < N_PERSIST; k++) {
 		snprintf(name, sizeof(name), "batch %zu", persist_batches[k]);
 		printf(k ? ",\n  " : "\n  ");
@@ -913,7 +1005,8 @@ static int parse_number(const char *s, double *out)
 	return errno != 0 || end == s || *end != '\0' ? -1 : 0;
 }
 
-static int parse_seed(const char *s, uint64_t *out)
+/* An unsigned integer, decimal or 0x hex. */
+static int parse_uint(const char *s, uint64_t *out)
 {
 	char *end;
 
@@ -925,7 +1018,7 @@ static int parse_seed(const char *s, uint64_t *out)
 /* Returns 0 to run, 1 after --help, -1 on a bad argument. */
 static int parse_options(int argc, char **argv, options *o)
 {
-	double rounds = 3;
+	uint64_t rounds = 3;
 
 	*o = (options){.seconds = 3, .rounds = 3, .seed = 1, .parent = "build"};
 	for (int i = 1; i < argc; i++) {
@@ -939,9 +1032,9 @@ static int parse_options(int argc, char **argv, options *o)
 		} else if (strcmp(a, "--seconds") == 0 && has) {
 			bad = parse_number(argv[++i], &o->seconds);
 		} else if (strcmp(a, "--rounds") == 0 && has) {
-			bad = parse_number(argv[++i], &rounds);
+			bad = parse_uint(argv[++i], &rounds);
 		} else if (strcmp(a, "--seed") == 0 && has) {
-			bad = parse_seed(argv[++i], &o->seed);
+			bad = parse_uint(argv[++i], &o->seed);
 		} else if (strcmp(a, "--dir") == 0 && has) {
 			o->parent = argv[++i];
 		} else if (strcmp(a, "--keep") == 0) {
@@ -951,7 +1044,7 @@ static int parse_options(int argc, char **argv, options *o)
 		} else {
 			bad = -1;
 		}
-		if (bad != 0 || !(o->seconds > 0) || !(rounds >= 1 && rounds <= MAX_ROUNDS)) {
+		if (bad != 0 || !(o->seconds > 0) || rounds < 1 || rounds > MAX_ROUNDS) {
 			fprintf(stderr, "store-bench: bad argument: %s\n", a);
 			usage(stderr);
 			return -1;
@@ -961,7 +1054,12 @@ static int parse_options(int argc, char **argv, options *o)
 	return 0;
 }
 
-/* Payload pool and key space, both from the seed. */
+static int key_cmp(const void *a, const void *b)
+{
+	return memcmp(a, b, KEY_SIZE);
+}
+
+/* Payload pool and key space (sorted), both from the seed. */
 static int make_data(uint64_t seed, unsigned char **pool, unsigned char **keys)
 {
 	uint64_t state = seed;
@@ -974,6 +1072,7 @@ static int make_data(uint64_t seed, unsigned char **pool, unsigned char **keys)
 	}
 	fill_random(*pool, (size_t)POOL_SIZE * ENTRY_SIZE, &state);
 	fill_random(*keys, (size_t)N_KEYS * KEY_SIZE, &state);
+	qsort(*keys, N_KEYS, KEY_SIZE, key_cmp);
 	return 0;
 }
 
