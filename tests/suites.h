@@ -14,12 +14,16 @@
 	X(flow)                                                                                    \
 	X(features)                                                                                \
 	X(sim)                                                                                     \
+	X(robustness)                                                                              \
 	X(vfs_fault)                                                                               \
 	X(store_open)                                                                              \
 	X(storage_contract)                                                                        \
 	X(store_kv)                                                                                \
 	X(store_snapshot)                                                                          \
-	X(store_crash)
+	X(store_crash)                                                                             \
+	X(store_review)                                                                            \
+	X(mailbox)                                                                                 \
+	X(linearizability)
 
 #define TEST_DECLARE(name) void test_register_##name(void);
 TEST_SUITES(TEST_DECLARE)
