@@ -67,8 +67,8 @@ const char *raft_strerror(int rv);
 /* Log entries, state, snapshots                                                              */
 /* ------------------------------------------------------------------------------------------ */
 
-/* Terms and indexes above this are refused in messages, so `+ 1` never wraps and every value
- * fits SQLite's signed 64-bit integers. */
+/* Terms and indexes at or above this are refused in messages, so `+ 1` never wraps and every
+ * value fits SQLite's signed 64-bit integers. */
 #define RAFT_MAX_INDEX ((uint64_t)INT64_MAX)
 
 /* The largest cluster the core supports. Membership is fixed-size so that conf states and
@@ -470,7 +470,7 @@ int raft_rawnode_propose(raft_rawnode *rn, const void *data, size_t len);
  * another node). Returns RAFT_ERR_INVALID, without stopping the node, for messages that no
  * correct peer sends: local types (HUP, BEAT: use campaign/tick), term 0 on anything but a
  * forwarded PROPOSE/READ_INDEX/TRANSFER_LEADER, `from` equal to this node or 0, terms or indexes
- * above RAFT_MAX_INDEX, entries that do not follow `index`. RAFT_ERR_PROPOSAL_DROPPED for a
+ * at or above RAFT_MAX_INDEX, entries that do not follow `index`. RAFT_ERR_PROPOSAL_DROPPED for a
  * forwarded proposal it cannot take. Any other error means the node stopped (see raft_status).
  */
 int raft_rawnode_step(raft_rawnode *rn, const raft_message *m);

@@ -12,6 +12,12 @@ typedef struct netsim_peer {
 	raft_rawnode *rn;
 	raft_memory_storage *storage;
 	bool blackholed;
+	bool crash_armed; /* crash inside the next Ready */
+	bool deferred;    /* interleave: a Ready taken and not yet persisted (a slow disk) */
+	raft_ready deferred_rd;
+	int deferred_visits;
+	bool has_lazy_hs; /* lazy_sync: a hard state written but not yet synced */
+	raft_hard_state lazy_hs;
 	uint64_t last_applied;
 	netsim_applied *applied;
 	size_t n_applied, cap_applied;
@@ -29,7 +35,9 @@ struct netsim {
 	raft_message *queue; /* ring buffer */
 	size_t q_head, q_len, q_cap;
 	uint64_t prng;
+	uint64_t interleave_prng; /* its own stream, so drops do not depend on interleaving */
 	size_t dropped;
+	netsim_counters counters;
 	netsim_hook_fn hook;
 	void *hook_ctx;
 	netsim_ready_fn observer;
@@ -55,9 +63,9 @@ static void check_ok(int rv, const char *what, uint64_t id)
 	CU_FAIL("netsim: core call failed (see stderr)");
 }
 
-static uint64_t prng_next(netsim *ns)
+static uint64_t prng_next(uint64_t *state)
 {
-	uint64_t z = (ns->prng += UINT64_C(0x9e3779b97f4a7c15));
+	uint64_t z = (*state += UINT64_C(0x9e3779b97f4a7c15));
 	z = (z ^ (z >> 30)) * UINT64_C(0xbf58476d1ce4e5b9);
 	z = (z ^ (z >> 27)) * UINT64_C(0x94d049bb133111eb);
 	return z ^ (z >> 31);
@@ -65,7 +73,12 @@ static uint64_t prng_next(netsim *ns)
 
 static double prng_unit(netsim *ns)
 {
-	return (double)(prng_next(ns) >> 11) / (double)(UINT64_C(1) << 53);
+	return (double)(prng_next(&ns->prng) >> 11) / (double)(UINT64_C(1) << 53);
+}
+
+static uint64_t interleave_below(netsim *ns, uint64_t n)
+{
+	return prng_next(&ns->interleave_prng) % n;
 }
 
 static bool valid_id(const netsim *ns, uint64_t id)
@@ -118,6 +131,13 @@ static void queue_pop(netsim *ns, raft_message *out)
 	ns->q_len--;
 }
 
+/* Puts a just-popped message back at the tail (there is room), taking ownership. */
+static void queue_requeue(netsim *ns, raft_message *m)
+{
+	ns->queue[(ns->q_head + ns->q_len) % ns->q_cap] = *m;
+	ns->q_len++;
+}
+
 static void queue_purge_to(netsim *ns, uint64_t to)
 {
 	size_t count = ns->q_len;
@@ -129,8 +149,7 @@ static void queue_purge_to(netsim *ns, uint64_t to)
 			ns->dropped++;
 			continue;
 		}
-		ns->queue[(ns->q_head + ns->q_len) % ns->q_cap] = m;
-		ns->q_len++;
+		queue_requeue(ns, &m);
 	}
 }
 
@@ -174,8 +193,9 @@ static void start_peer(netsim *ns, uint64_t id)
 		c.max_committed_size_per_ready = ns->opt.max_committed_size_per_ready;
 	int rv = raft_rawnode_new(&c, &p->rn);
 	if (rv != RAFT_OK) {
-		fprintf(stderr, "netsim: raft_rawnode_new(%llu): %s\n", (unsigned long long)id,
-		        raft_strerror(rv));
+		fprintf(stderr, "netsim: raft_rawnode_new(%llu): %s (seed %llu)\n",
+		        (unsigned long long)id, raft_strerror(rv),
+		        (unsigned long long)ns->opt.seed);
 		abort();
 	}
 }
@@ -208,8 +228,36 @@ static void record_read(netsim_peer *p, const raft_read_state *rs)
 	p->reads[p->n_reads++] = *rs;
 }
 
-static void persist_ready(netsim_peer *p, uint64_t id, const raft_ready *rd)
+static void write_hard_state(netsim_peer *p, uint64_t id, const raft_hard_state *hs)
 {
+	check_ok(raft_memory_storage_set_hard_state(p->storage, hs), "set_hard_state", id);
+}
+
+/* With lazy_sync, a Ready that need not be synced only buffers its hard state. */
+static bool buffer_ready(netsim *ns, netsim_peer *p, uint64_t id, const raft_ready *rd)
+{
+	if (!ns->opt.lazy_sync || rd->must_sync)
+		return false;
+	if (rd->has_snapshot || rd->n_entries > 0) {
+		fprintf(stderr, "netsim: peer %llu: Ready with entries but must_sync == false\n",
+		        (unsigned long long)id);
+		CU_FAIL("netsim: must_sync missing");
+		return false;
+	}
+	if (rd->has_hard_state) {
+		p->lazy_hs = rd->hard_state;
+		p->has_lazy_hs = true;
+	}
+	return true;
+}
+
+static void persist_ready(netsim *ns, netsim_peer *p, uint64_t id, const raft_ready *rd)
+{
+	if (buffer_ready(ns, p, id, rd))
+		return;
+	if (p->has_lazy_hs) /* an fsync makes everything written before it durable */
+		write_hard_state(p, id, &p->lazy_hs);
+	p->has_lazy_hs = false;
 	if (rd->has_snapshot)
 		check_ok(raft_memory_storage_apply_snapshot(p->storage, &rd->snapshot),
 		         "apply_snapshot", id);
@@ -217,8 +265,7 @@ static void persist_ready(netsim_peer *p, uint64_t id, const raft_ready *rd)
 		check_ok(raft_memory_storage_append(p->storage, rd->entries, rd->n_entries),
 		         "append", id);
 	if (rd->has_hard_state)
-		check_ok(raft_memory_storage_set_hard_state(p->storage, &rd->hard_state),
-		         "set_hard_state", id);
+		write_hard_state(p, id, &rd->hard_state);
 }
 
 static void apply_ready(netsim_peer *p, const raft_ready *rd)
@@ -236,11 +283,64 @@ static void apply_ready(netsim_peer *p, const raft_ready *rd)
 		record_read(p, &rd->read_states[i]);
 }
 
+static size_t deliver_to(netsim *ns, uint64_t id, size_t max);
+
+/* With `interleave`, sometimes steps a few queued messages into id and ticks it while its Ready
+ * is outstanding. */
+static void interleave(netsim *ns, uint64_t id)
+{
+	if (!ns->opt.interleave || interleave_below(ns, 4) != 0)
+		return;
+	size_t delivered = deliver_to(ns, id, 1 + (size_t)interleave_below(ns, 4));
+	bool tick = interleave_below(ns, 3) == 0;
+	if (tick)
+		netsim_tick(ns, id);
+	if (delivered > 0 || tick)
+		ns->counters.interleaved++;
+}
+
+static bool sends_append(const raft_ready *rd)
+{
+	for (size_t i = 0; i < rd->n_messages; i++)
+		if (rd->messages[i].type == RAFT_MSG_APPEND && rd->messages[i].n_entries > 0)
+			return true;
+	return false;
+}
+
+/* Persists, sends, applies and advances a Ready taken earlier. */
+static void finish_ready(netsim *ns, uint64_t id, const raft_ready *rd)
+{
+	netsim_peer *p = peer_of(ns, id);
+	persist_ready(ns, p, id, rd);
+	for (size_t i = 0; i < rd->n_persisted_messages; i++)
+		queue_push(ns, &rd->persisted_messages[i]);
+	apply_ready(p, rd);
+	if (ns->observer != NULL)
+		ns->observer(ns->observer_ctx, ns, id, rd);
+	interleave(ns, id);
+	check_ok(raft_rawnode_advance(p->rn), "advance", id);
+}
+
+/* A deferred Ready (a slow disk) completes at one of the next visits, the third at the latest. */
+static bool visit_deferred(netsim *ns, uint64_t id)
+{
+	netsim_peer *p = peer_of(ns, id);
+	if (p->deferred_visits++ < 3 && interleave_below(ns, 2) == 0)
+		return true;
+	p->deferred = false;
+	finish_ready(ns, id, &p->deferred_rd);
+	return true;
+}
+
 /* Handles one Ready of peer id if it has one; returns whether it did. */
 static bool handle_ready(netsim *ns, uint64_t id)
 {
 	netsim_peer *p = peer_of(ns, id);
-	if (!peer_acts(ns, id) || !raft_rawnode_has_ready(p->rn))
+	if (!peer_acts(ns, id))
+		return false;
+	if (p->deferred)
+		return visit_deferred(ns, id);
+	if (!raft_rawnode_has_ready(p->rn))
 		return false;
 	raft_ready rd;
 	int rv = raft_rawnode_ready(p->rn, &rd);
@@ -250,13 +350,21 @@ static bool handle_ready(netsim *ns, uint64_t id)
 	}
 	for (size_t i = 0; i < rd.n_messages; i++)
 		queue_push(ns, &rd.messages[i]);
-	persist_ready(p, id, &rd);
-	for (size_t i = 0; i < rd.n_persisted_messages; i++)
-		queue_push(ns, &rd.persisted_messages[i]);
-	apply_ready(p, &rd);
-	if (ns->observer != NULL)
-		ns->observer(ns->observer_ctx, ns, id, &rd);
-	check_ok(raft_rawnode_advance(p->rn), "advance", id);
+	if (p->crash_armed) {
+		ns->counters.ready_crashes++;
+		ns->counters.sent_then_lost += rd.n_entries > 0 && sends_append(&rd);
+		netsim_crash(ns, id);
+		return true;
+	}
+	interleave(ns, id);
+	if (ns->opt.interleave && interleave_below(ns, 8) == 0) {
+		ns->counters.deferred++;
+		p->deferred = true;
+		p->deferred_rd = rd;
+		p->deferred_visits = 0;
+		return true;
+	}
+	finish_ready(ns, id, &rd);
 	return true;
 }
 
@@ -301,21 +409,43 @@ static void report_snapshot(netsim *ns, const raft_message *m, bool delivered)
 	         "report_snapshot", m->from);
 }
 
-/* Dequeues one message and delivers it through the filters and the hook. */
+/* Delivers m (consumed) through the filters and the hook. */
+static size_t deliver_message(netsim *ns, raft_message *m)
+{
+	int copies = 0;
+	if (!filtered_out(ns, m))
+		copies = ns->hook != NULL ? ns->hook(ns->hook_ctx, ns, m) : 1;
+	size_t delivered = 0;
+	for (int i = 0; i < copies; i++)
+		delivered += deliver_one(ns, m) ? 1 : 0;
+	if (delivered == 0)
+		ns->dropped++;
+	report_snapshot(ns, m, delivered > 0);
+	raft_message_free(m);
+	return delivered;
+}
+
 static size_t deliver_next(netsim *ns)
 {
 	raft_message m;
 	queue_pop(ns, &m);
-	int copies = 0;
-	if (!filtered_out(ns, &m))
-		copies = ns->hook != NULL ? ns->hook(ns->hook_ctx, ns, &m) : 1;
-	size_t delivered = 0;
-	for (int i = 0; i < copies; i++)
-		delivered += deliver_one(ns, &m) ? 1 : 0;
-	if (delivered == 0)
-		ns->dropped++;
-	report_snapshot(ns, &m, delivered > 0);
-	raft_message_free(&m);
+	return deliver_message(ns, &m);
+}
+
+/* Delivers the oldest `max` queued messages addressed to id; the others keep their order. */
+static size_t deliver_to(netsim *ns, uint64_t id, size_t max)
+{
+	size_t count = ns->q_len, taken = 0, delivered = 0;
+	for (size_t i = 0; i < count; i++) {
+		raft_message m;
+		queue_pop(ns, &m);
+		if (m.to == id && taken < max) {
+			taken++;
+			delivered += deliver_message(ns, &m);
+		} else {
+			queue_requeue(ns, &m);
+		}
+	}
 	return delivered;
 }
 
@@ -336,6 +466,7 @@ netsim *netsim_new(const netsim_options *opt)
 		ns->opt.heartbeat_tick = 1;
 	ns->n = opt->n;
 	ns->prng = opt->seed;
+	ns->interleave_prng = opt->seed ^ UINT64_C(0x696e7465726c6561); /* "interlea" */
 	for (size_t i = 0; i < ns->n; i++)
 		ns->peer_ids[i] = i + 1;
 	for (uint64_t id = 1; id <= ns->n; id++) {
@@ -511,7 +642,23 @@ void netsim_crash(netsim *ns, uint64_t id)
 	netsim_peer *p = peer_of(ns, id);
 	raft_rawnode_free(p->rn);
 	p->rn = NULL;
+	p->crash_armed = false;
+	p->deferred = false; /* the unwritten Ready died with the rawnode */
+	if (p->has_lazy_hs)
+		ns->counters.lost_hard_states++;
+	p->has_lazy_hs = false;
 	queue_purge_to(ns, id);
+}
+
+void netsim_crash_in_ready(netsim *ns, uint64_t id, bool armed)
+{
+	netsim_peer *p = peer_of(ns, id);
+	p->crash_armed = armed && p->rn != NULL;
+}
+
+bool netsim_crash_armed(netsim *ns, uint64_t id)
+{
+	return peer_of(ns, id)->crash_armed;
 }
 
 void netsim_restart(netsim *ns, uint64_t id)
@@ -538,6 +685,11 @@ const raft_read_state *netsim_read_states(netsim *ns, uint64_t id, size_t *n)
 size_t netsim_dropped(netsim *ns)
 {
 	return ns->dropped;
+}
+
+netsim_counters netsim_get_counters(netsim *ns)
+{
+	return ns->counters;
 }
 
 uint64_t netsim_leader(netsim *ns)

@@ -51,6 +51,14 @@ typedef struct netsim_options {
 	uint64_t max_uncommitted_entries_size; /* default: raft_config_init */
 	uint64_t max_committed_size_per_ready; /* default: raft_config_init */
 	uint64_t seed;                         /* raft seed and netsim PRNG seed */
+	/* Between ready() and advance(), sometimes deliver a few queued messages to the node and
+	 * tick it, once before persisting and once after; and sometimes leave the Ready unwritten
+	 * for up to three visits (a slow disk) while the node keeps receiving messages and ticks.
+	 * A seeded stream of its own. */
+	bool interleave;
+	/* The hard state of a Ready with must_sync == false is only buffered: it becomes durable
+	 * with the next must_sync Ready, and a crash loses it. */
+	bool lazy_sync;
 } netsim_options;
 
 /*
@@ -104,9 +112,16 @@ typedef void (*netsim_ready_fn)(void *ctx, netsim *ns, uint64_t id, const raft_r
 void netsim_set_observer(netsim *ns, netsim_ready_fn fn, void *ctx);
 
 /* Crash-restart: the rawnode is freed (unpersisted state is lost, and so is any Ready not yet
- * handled); restart builds a new rawnode from the storage with applied = last applied index. */
+ * handled, and with lazy_sync the buffered hard state); restart builds a new rawnode from the
+ * storage with applied = last applied index. */
 void netsim_crash(netsim *ns, uint64_t id);
 void netsim_restart(netsim *ns, uint64_t id);
+/* Arms (or disarms) a crash of id inside its next Ready: after `messages` are sent, before
+ * anything is persisted, so a leader's APPENDs leave while its own entries are lost (thesis
+ * §10.2.1). */
+void netsim_crash_in_ready(netsim *ns, uint64_t id, bool armed);
+/* Whether such a crash is armed and has not happened yet. */
+bool netsim_crash_armed(netsim *ns, uint64_t id);
 
 /* What peer id has applied, in order, since the netsim started (survives crashes). */
 const netsim_applied *netsim_applied_list(netsim *ns, uint64_t id, size_t *n);
@@ -114,6 +129,16 @@ const netsim_applied *netsim_applied_list(netsim *ns, uint64_t id, size_t *n);
 const raft_read_state *netsim_read_states(netsim *ns, uint64_t id, size_t *n);
 /* Messages that were dequeued and dropped by a filter, counted. */
 size_t netsim_dropped(netsim *ns);
+
+/* What the fault options did, for summaries. */
+typedef struct netsim_counters {
+	size_t interleaved;      /* Readies during which messages or ticks were interleaved */
+	size_t deferred;         /* Readies left unwritten across visits */
+	size_t lost_hard_states; /* buffered (lazy_sync) hard states lost in crashes */
+	size_t ready_crashes;    /* crashes inside a Ready (netsim_crash_in_ready) */
+	size_t sent_then_lost;   /* ... of which sent APPENDs for entries the sender then lost */
+} netsim_counters;
+netsim_counters netsim_get_counters(netsim *ns);
 
 /* Leader among live nodes with the highest term, or 0. */
 uint64_t netsim_leader(netsim *ns);

@@ -369,6 +369,11 @@ typedef struct sim_stats {
 	uint64_t snapshots;
 	uint64_t terms_led;
 	uint64_t crashes;
+	uint64_t interleaved;      /* Readies with steps or ticks between ready() and advance() */
+	uint64_t deferred;         /* Readies left unwritten across netsim rounds */
+	uint64_t lost_hard_states; /* unsynced hard states lost in crashes */
+	uint64_t ready_crashes;    /* crashes after sending a Ready's messages, before persisting */
+	uint64_t sent_then_lost;   /* ... where APPENDs left and the sender lost those entries */
 } sim_stats;
 
 typedef struct sim {
@@ -388,6 +393,7 @@ typedef struct sim {
 	size_t n_pool;
 	uint64_t n_proposals;
 	raft_conf_state conf;
+	bool ready_crashes; /* some crashes happen inside a Ready */
 	bool verbose;
 	unsigned cu_failures; /* CUnit failures before this seed (netsim reports its own) */
 } sim;
@@ -681,11 +687,12 @@ static void check_nodes(sim *s)
 /* Events                                                                                     */
 /* ------------------------------------------------------------------------------------------ */
 
+/* Crashed nodes, and nodes that will crash inside their next Ready. */
 static size_t count_crashed(sim *s)
 {
 	size_t n = 0;
 	for (uint64_t id = 1; id <= s->n; id++)
-		n += netsim_node(s->ns, id) == NULL;
+		n += netsim_node(s->ns, id) == NULL || netsim_crash_armed(s->ns, id);
 	return n;
 }
 
@@ -826,14 +833,42 @@ static void ev_crash(sim *s)
 	uint64_t id = pick_node(s, true);
 	if (id == 0 || count_crashed(s) >= (s->n - 1) / 2)
 		return;
+	s->stats.crashes++;
+	if (s->ready_crashes && rng_chance(&s->rng, 500)) {
+		snprintf(s->what, sizeof s->what, "crash node %" PRIu64 " inside its next Ready",
+		         id);
+		netsim_crash_in_ready(s->ns, id, true);
+		return;
+	}
 	snprintf(s->what, sizeof s->what, "crash node %" PRIu64, id);
 	netsim_crash(s->ns, id);
-	s->stats.crashes++;
+}
+
+/* Term and vote are always synced; a commit may be lost with an unsynced Ready. */
+static void reload_durable_state(sim *s, uint64_t id)
+{
+	node_track *t = &s->ck.nodes[id];
+	const raft_storage *st = sim_storage(s, id);
+	raft_hard_state hs;
+	raft_conf_state cs;
+	if (st->initial_state(st->ctx, &hs, &cs) != RAFT_OK)
+		return;
+	if (hs.term != t->durable_term || hs.vote != t->durable_vote)
+		ck_fail(&s->ck,
+		        "node %" PRIu64 " restarts with term %" PRIu64 " vote %" PRIu64
+		        ", but term %" PRIu64 " vote %" PRIu64 " were persisted",
+		        id, hs.term, hs.vote, t->durable_term, t->durable_vote);
+	if (hs.commit > t->durable_commit)
+		ck_fail(&s->ck, "node %" PRIu64 " restarts with commit %" PRIu64 " never persisted",
+		        id, hs.commit);
+	t->durable_commit = hs.commit;
 }
 
 static void restart_node(sim *s, uint64_t id)
 {
 	node_track *t = &s->ck.nodes[id];
+	if (netsim_node(s->ns, id) == NULL)
+		reload_durable_state(s, id);
 	netsim_restart(s->ns, id);
 	t->run_commit = 0;
 	t->run_applied = 0;
@@ -947,6 +982,15 @@ static void sim_step(sim *s)
 /* One seed                                                                                   */
 /* ------------------------------------------------------------------------------------------ */
 
+/* Drawn from a stream of their own, so seeds without them run as they always did. */
+static void sim_fault_options(sim *s, netsim_options *o)
+{
+	sim_rng r = {mix64(s->seed ^ UINT64_C(0xfa0175fa0175fa01))};
+	o->interleave = rng_chance(&r, 400);
+	o->lazy_sync = rng_chance(&r, 400);
+	s->ready_crashes = rng_chance(&r, 400);
+}
+
 static void sim_setup(sim *s, uint64_t seed, bool verbose)
 {
 	netsim_options o = {0};
@@ -970,6 +1014,7 @@ static void sim_setup(sim *s, uint64_t seed, bool verbose)
 	if (rng_chance(&s->rng, 200))
 		o.max_uncommitted_entries_size = 1024 + rng_below(&s->rng, 8192);
 	o.seed = seed;
+	sim_fault_options(s, &o);
 	s->conf.n_voters = s->n;
 	for (size_t i = 0; i < s->n; i++)
 		s->conf.voters[i] = i + 1;
@@ -978,8 +1023,9 @@ static void sim_setup(sim *s, uint64_t seed, bool verbose)
 	netsim_set_observer(s->ns, sim_on_ready, s);
 	if (verbose)
 		printf("seed %" PRIu64 ": %zu nodes, pre_vote %d, check_quorum %d, election %d, "
-		       "heartbeat %d\n",
-		       seed, s->n, o.pre_vote, o.check_quorum, o.election_tick, o.heartbeat_tick);
+		       "heartbeat %d, interleave %d, lazy_sync %d, ready crashes %d\n",
+		       seed, s->n, o.pre_vote, o.check_quorum, o.election_tick, o.heartbeat_tick,
+		       o.interleave, o.lazy_sync, s->ready_crashes);
 }
 
 static void sim_count_terms(sim *s)
@@ -998,6 +1044,21 @@ static void stats_add(sim_stats *total, const sim_stats *s)
 	total->snapshots += s->snapshots;
 	total->terms_led += s->terms_led;
 	total->crashes += s->crashes;
+	total->interleaved += s->interleaved;
+	total->deferred += s->deferred;
+	total->lost_hard_states += s->lost_hard_states;
+	total->ready_crashes += s->ready_crashes;
+	total->sent_then_lost += s->sent_then_lost;
+}
+
+static void sim_count_faults(sim *s)
+{
+	netsim_counters c = netsim_get_counters(s->ns);
+	s->stats.interleaved = c.interleaved;
+	s->stats.deferred = c.deferred;
+	s->stats.lost_hard_states = c.lost_hard_states;
+	s->stats.ready_crashes = c.ready_crashes;
+	s->stats.sent_then_lost = c.sent_then_lost;
 }
 
 static void sim_teardown(sim *s)
@@ -1048,9 +1109,11 @@ static void sim_heal(sim *s)
 	s->p_drop = s->p_dup = s->p_reorder = s->p_delay = 0;
 	release_pool(s);
 	netsim_recover(s->ns);
-	for (uint64_t id = 1; id <= s->n; id++)
+	for (uint64_t id = 1; id <= s->n; id++) {
+		netsim_crash_in_ready(s->ns, id, false);
 		if (netsim_node(s->ns, id) == NULL)
 			restart_node(s, id);
+	}
 	for (int round = 0; round < SIM_HEAL_ROUNDS && !s->ck.failed; round++) {
 		snprintf(s->what, sizeof s->what, "healing round %d", round);
 		netsim_tick_all(s->ns);
@@ -1095,6 +1158,7 @@ static bool sim_run_seed(uint64_t seed, size_t events, bool verbose, sim_stats *
 	s->stats.proposals = s->n_proposals;
 	s->stats.reads = s->ck.n_reads;
 	sim_count_terms(s);
+	sim_count_faults(s);
 	stats_add(total, &s->stats);
 	sim_teardown(s);
 	free(s);
@@ -1135,9 +1199,12 @@ static void test_simulation(void)
 	printf("\nsim: %" PRIu64 " seeds from %" PRIu64 " (%" PRIu64 " failed), %" PRIu64
 	       " events in %.1f s (%.0f/s); %" PRIu64 "/%" PRIu64 " proposals committed, %" PRIu64
 	       "/%" PRIu64 " reads answered, %" PRIu64 " snapshots installed, %" PRIu64
-	       " terms led, %" PRIu64 " crashes\n",
+	       " terms led, %" PRIu64 " crashes (%" PRIu64 " inside a Ready, %" PRIu64
+	       " after sending entries they lost, %" PRIu64 " unsynced hard states lost), %" PRIu64
+	       " Readies interleaved, %" PRIu64 " deferred\n",
 	       ran, base, failed, t.events, secs, (double)t.events / secs, t.committed, t.proposals,
-	       t.reads_answered, t.reads, t.snapshots, t.terms_led, t.crashes);
+	       t.reads_answered, t.reads, t.snapshots, t.terms_led, t.crashes, t.ready_crashes,
+	       t.sent_then_lost, t.lost_hard_states, t.interleaved, t.deferred);
 }
 
 /* ------------------------------------------------------------------------------------------ */

@@ -1004,9 +1004,10 @@ static void raft_handle_vote_request(raft *r, const raft_message *m)
 }
 
 /* Rejects messages whose entries could break the log's invariants. */
+/* Strictly below the bound, so that the next term or index (+1) still fits. */
 static bool raft_index_ok(uint64_t v)
 {
-	return v <= RAFT_MAX_INDEX;
+	return v < RAFT_MAX_INDEX;
 }
 
 static bool raft_message_is_sane(const raft_message *m)

@@ -109,9 +109,11 @@ static bool rawnode_is_acceptable(const raft_rawnode *rn, const raft_message *m)
 {
 	if (m->type == RAFT_MSG_TRANSFER_LEADER)
 		return true; /* `from` names the transferee, which may be this node */
+	if (m->from == 0)
+		return false; /* a read state with a forged origin could answer a local request */
 	if (m->term == 0)
 		return m->type == RAFT_MSG_PROPOSE || m->type == RAFT_MSG_READ_INDEX;
-	return m->from != 0 && m->from != rn->r.id;
+	return m->from != rn->r.id;
 }
 
 int raft_rawnode_step(raft_rawnode *rn, const raft_message *m)
