@@ -376,14 +376,22 @@ typedef struct kop {
 	size_t rvlen;
 	uint64_t apph, apppow; /* K_APPEND: hash of rv and LIN_HASH_BASE^rvlen */
 	uint64_t inv, ret;     /* ret is LIN_NEVER for an unknown write */
+	/* Its bit in the linearized-set bitset and its Zobrist hash; both 0 for unknown deletes. */
 	uint64_t zob;
-	size_t word; /* its bit in the linearized-set bitset */
+	size_t word;
 	uint64_t mask;
-	size_t call, retn; /* entry indexes; retn is LIN_NONE for an unknown write */
+	/* Unknown put or append: the latest one invoked before it with the same effect (or
+	 * LIN_NONE), and how many reads that could have seen it are not linearized. */
+	size_t twin, nobs;
+	/* Required read: kcheck.obs[obs .. obs + n_obs) are the unknown writes it could have seen.
+	 */
+	size_t obs, n_obs;
+	size_t call, retn; /* entry indexes, or LIN_NONE */
 } kop;
 
 /* An invocation or return. Required ops' entries form the main list (sentinel ent[0]); unknown
- * writes' invocations form the unknown list (sentinel ent[1]). Both are in time order. */
+ * puts' and appends' invocations form the unknown list (sentinel ent[1]). Both are in time
+ * order. Unknown deletes have no entries: kcheck.dels holds them. */
 typedef struct kent {
 	uint64_t t;
 	size_t op;
@@ -401,11 +409,13 @@ typedef struct vstate {
 	uint64_t h;
 } vstate;
 
-/* A visited search node: linearized set (its bitset lives in the arena at off), value, taint. */
+/* A visited search node: linearized set (its bitset lives in the arena at off; unknown deletes
+ * are counted in kdel instead), value, taint. */
 typedef struct memo_ent {
 	uint64_t h;
 	uint32_t state;
 	bool taint;
+	size_t kdel;
 	size_t off;
 } memo_ent;
 
@@ -413,13 +423,16 @@ typedef struct frame {
 	size_t op;
 	uint32_t prev;
 	bool prev_taint;
-	size_t bound; /* unknown op: the return entry that bounded the choice */
+	size_t bound; /* the return entry that bounded the choice of an unknown write */
 } frame;
 
 typedef struct kcheck {
 	kop *ops;
 	size_t n, nreq;
 	kent *ent;
+	size_t *dels; /* the unknown deletes, by invocation */
+	size_t ndels;
+	size_t *obs;
 
 	vstate *st;
 	size_t nst, capst;
@@ -431,7 +444,6 @@ typedef struct kcheck {
 	uint32_t *mtab; /* memo index: entry + 1, 0 for empty */
 	size_t mtab_cap;
 	uint64_t *arena;
-	size_t arena_cap;
 	bool memo_full;
 
 	size_t words; /* bitset words */
@@ -589,9 +601,16 @@ static bool memo_grow(kcheck *kc)
 	return true;
 }
 
-/* Records the node (bits, state, taint), zob hashing bits. False when it was visited before: its
- * subtree is being or has been searched. A full memo records nothing and answers true. */
-static bool memo_visit(kcheck *kc, const uint64_t *bits, uint64_t zob, uint32_t state, bool taint)
+/*
+ * Records the node (bits, state, taint, kdel), zob hashing bits. False when the search need not
+ * go there: a node differing at most by fewer unknown deletes used was visited. That node is no
+ * ancestor (between the two only deletes would have been linearized, and the first would have
+ * made the value absent, the others no-ops), so its subtree was searched in full and failed;
+ * with more deletes still pending, it had every option this one has. A full memo records
+ * nothing and answers true.
+ */
+static bool memo_visit(kcheck *kc, const uint64_t *bits, uint64_t zob, uint32_t state, bool taint,
+                       size_t kdel)
 {
 	uint64_t h = memo_hash(zob, state, taint);
 	size_t s;
@@ -601,15 +620,19 @@ static bool memo_visit(kcheck *kc, const uint64_t *bits, uint64_t zob, uint32_t 
 	if (kc->mtab_cap == 0)
 		return true;
 	for (s = h & (kc->mtab_cap - 1); kc->mtab[s] != 0; s = (s + 1) & (kc->mtab_cap - 1)) {
-		const memo_ent *m = &kc->memo[kc->mtab[s] - 1];
+		memo_ent *m = &kc->memo[kc->mtab[s] - 1];
 
 		if (m->h == h && m->state == state && m->taint == taint &&
-		    memcmp(kc->arena + m->off, bits, kc->words * sizeof(uint64_t)) == 0)
-			return false;
+		    memcmp(kc->arena + m->off, bits, kc->words * sizeof(uint64_t)) == 0) {
+			if (m->kdel <= kdel)
+				return false;
+			m->kdel = kdel;
+			return true;
+		}
 	}
 	if (kc->memo_n == kc->memo_capn)
 		return true;
-	kc->memo[kc->memo_n] = (memo_ent){h, state, taint, kc->memo_n * kc->words};
+	kc->memo[kc->memo_n] = (memo_ent){h, state, taint, kdel, kc->memo_n * kc->words};
 	memcpy(kc->arena + kc->memo_n * kc->words, bits, kc->words * sizeof(uint64_t));
 	kc->mtab[s] = (uint32_t)++kc->memo_n;
 	return true;
@@ -630,7 +653,8 @@ static void relink_ent(kent *e, size_t i)
 /* Removes o's entries from their lists; unlift() undoes the last lift() not yet undone. */
 static void lift(kcheck *kc, const kop *o)
 {
-	unlink_ent(kc->ent, o->call);
+	if (o->call != LIN_NONE)
+		unlink_ent(kc->ent, o->call);
 	if (o->retn != LIN_NONE)
 		unlink_ent(kc->ent, o->retn);
 }
@@ -639,11 +663,35 @@ static void unlift(kcheck *kc, const kop *o)
 {
 	if (o->retn != LIN_NONE)
 		relink_ent(kc->ent, o->retn);
-	relink_ent(kc->ent, o->call);
+	if (o->call != LIN_NONE)
+		relink_ent(kc->ent, o->call);
+}
+
+/* Linearizing required read r: the unknown writes it was the last pending reader of are of no
+ * more use (see may_take), so they leave the unknown list; observers_pop() undoes it. */
+static void observers_push(kcheck *kc, const uint64_t *bits, const kop *r)
+{
+	for (size_t i = 0; i < r->n_obs; i++) {
+		kop *u = &kc->ops[kc->obs[r->obs + i]];
+
+		if (--u->nobs == 0 && !(bits[u->word] & u->mask))
+			unlink_ent(kc->ent, u->call);
+	}
+}
+
+static void observers_pop(kcheck *kc, const uint64_t *bits, const kop *r)
+{
+	for (size_t i = r->n_obs; i-- > 0;) {
+		kop *u = &kc->ops[kc->obs[r->obs + i]];
+
+		if (u->nobs++ == 0 && !(bits[u->word] & u->mask))
+			relink_ent(kc->ent, u->call);
+	}
 }
 
 /* Called at a dead end (the return entry ret reached): remembers the deepest one. */
-static void note_dead_end(kcheck *kc, const frame *stack, size_t depth, uint32_t state, size_t ret)
+static void note_dead_end(kcheck *kc, const frame *stack, size_t depth, uint32_t state, size_t kdel,
+                          size_t ret)
 {
 	const kent *e = kc->ent;
 
@@ -662,6 +710,9 @@ static void note_dead_end(kcheck *kc, const frame *stack, size_t depth, uint32_t
 	for (size_t i = e[UNK_HEAD].next;
 	     i != UNK_HEAD && e[i].t < e[ret].t && kc->best_ncands < LIN_SHOW_CANDS; i = e[i].next)
 		kc->best_cands[kc->best_ncands++] = e[i].op;
+	if (kdel < kc->ndels && kc->ops[kc->dels[kdel]].inv < e[ret].t &&
+	    kc->best_ncands < LIN_SHOW_CANDS)
+		kc->best_cands[kc->best_ncands++] = kc->dels[kdel];
 }
 
 static int kent_cmp(const void *a, const void *b)
@@ -678,9 +729,13 @@ static void build_entries(kcheck *kc)
 
 	kc->ent = xmalloc((2 * kc->n + 2) * sizeof(*kc->ent));
 	for (size_t i = 0; i < kc->n; i++) {
-		kc->ent[m++] = (kent){kc->ops[i].inv, i, true, 0, 0};
-		if (kc->ops[i].ret != LIN_NEVER)
-			kc->ent[m++] = (kent){kc->ops[i].ret, i, false, 0, 0};
+		const kop *o = &kc->ops[i];
+
+		if (o->ret == LIN_NEVER && (o->kind == K_DELETE || o->nobs == 0))
+			continue;
+		kc->ent[m++] = (kent){o->inv, i, true, 0, 0};
+		if (o->ret != LIN_NEVER)
+			kc->ent[m++] = (kent){o->ret, i, false, 0, 0};
 	}
 	qsort(kc->ent + 2, m - 2, sizeof(*kc->ent), kent_cmp);
 	kc->ent[MAIN_HEAD] = (kent){0, LIN_NONE, false, MAIN_HEAD, MAIN_HEAD};
@@ -702,28 +757,66 @@ static void build_entries(kcheck *kc)
 }
 
 /*
- * Whether the search may linearize o next, from value state with the given taint. Two kinds of
- * move are skipped, both dominated by leaving an unknown write out (so a linearization, if any
- * exists, survives without them):
+ * Whether the search may linearize o next, from value state (next after o) with the given
+ * taint. Unknown writes make the search expensive (each may take effect anywhere after its
+ * invocation, or never), so moves dominated by leaving an unknown write out are skipped; if a
+ * linearization exists, one avoiding them all does too:
  *   - an unknown write that leaves the value as it is: whatever follows could follow without it;
  *   - a put or delete while tainted, i.e. with an unknown write linearized since the last read:
  *     the overwrite erases that write's effect before anything saw it, so the same sequence
- *     without it is valid, reaches the same value, and keeps more options.
- * Without the second rule, a search must try every subset of the pending unknown writes before
- * each overwrite.
+ *     without it is valid and reaches the same value;
+ *   - an unknown put or append whose every possible reader (a read returning after its
+ *     invocation that saw a value starting with the put's value, or containing the appended
+ *     bytes) is linearized: every value from it to the next overwrite carries its bytes, so no
+ *     read may sit there (observers_push takes these out of the unknown list);
+ *   - of unknown writes with the same effect (twins: all deletes, or equal values), any but the
+ *     earliest invoked pending one: swapping twins changes nothing, so the ones used can always
+ *     be the earliest ones. The unknown deletes used are thus the first kdel of kcheck.dels;
+ *   - while tainted, a value that the next read cannot see (next_read_may_see): no overwrite
+ *     may come first, so the next read sees this value, or it with more bytes appended.
  */
-static bool may_take(const kop *o, uint32_t state, uint32_t next, bool taint)
+static bool may_take(const kcheck *kc, const uint64_t *bits, const kop *o, uint32_t state,
+                     uint32_t next, bool taint)
 {
 	if (taint && (o->kind == K_PUT || o->kind == K_DELETE))
 		return false;
-	return o->ret != LIN_NEVER || next != state;
+	if (o->ret != LIN_NEVER)
+		return true;
+	if (o->twin != LIN_NONE && !(bits[kc->ops[o->twin].word] & kc->ops[o->twin].mask))
+		return false;
+	return next != state;
 }
 
 /*
- * The search proper: LIN_RESULT_OK when some linearization exists. It walks the main list from
- * its head, trying each required op invoked before the first pending return; at that return it
- * tries the unknown writes invoked before it; when none fits, it backtracks. Required ops go
- * first because unknown writes are seldom needed.
+ * Whether a read that may be the next one linearized could see value v or v with bytes
+ * appended. Candidates are the pending reads invoked before the earliest pending read return,
+ * which must come no later than that read.
+ */
+static bool next_read_may_see(const kcheck *kc, uint32_t v)
+{
+	const vstate *s = &kc->st[v];
+
+	for (size_t e = kc->ent[MAIN_HEAD].next; e != MAIN_HEAD; e = kc->ent[e].next) {
+		const kop *r = &kc->ops[kc->ent[e].op];
+
+		if (r->kind != K_READ)
+			continue;
+		if (!kc->ent[e].call)
+			return false;
+		if (v == 0 || (r->val != 0 && r->rvlen >= s->len &&
+		               (s->len == 0 || memcmp(r->rv, s->b, s->len) == 0)))
+			return true;
+	}
+	return false;
+}
+
+enum { PH_MAIN, PH_UNKNOWN, PH_DELETE, PH_DEAD_END };
+
+/*
+ * The search proper: LIN_RESULT_OK when some linearization exists. From each node it tries the
+ * required ops invoked before the first pending return (walking the main list from its head),
+ * then the unknown puts and appends invoked before that return, then the next unknown delete;
+ * then it backtracks. Required ops go first because unknown writes are seldom needed.
  */
 static lin_result search(kcheck *kc, uint64_t max_steps, uint64_t *steps)
 {
@@ -732,12 +825,14 @@ static lin_result search(kcheck *kc, uint64_t max_steps, uint64_t *steps)
 	uint64_t zob = 0;
 	uint32_t state = 0;
 	bool taint = false;
-	size_t depth = 0, e = kc->ent[MAIN_HEAD].next, bound = LIN_NONE;
+	size_t kdel = 0, depth = 0, e = kc->ent[MAIN_HEAD].next, bound = LIN_NONE;
+	int phase = PH_MAIN;
 	kent *ent = kc->ent;
 	lin_result res;
 
 	memset(bits, 0, kc->words * sizeof(uint64_t));
 	for (;;) {
+		size_t cand, nkdel;
 		uint32_t next;
 		bool next_taint;
 		const kop *o;
@@ -747,17 +842,33 @@ static lin_result search(kcheck *kc, uint64_t max_steps, uint64_t *steps)
 			break;
 		}
 		++*steps;
-		if (bound == LIN_NONE && e == MAIN_HEAD) {
-			res = LIN_RESULT_OK;
-			break;
-		}
-		if (bound == LIN_NONE && !ent[e].call) {
-			bound = e;
-			e = ent[UNK_HEAD].next;
-			continue;
-		}
-		if (bound != LIN_NONE && (e == UNK_HEAD || ent[e].t > ent[bound].t)) {
-			note_dead_end(kc, stack, depth, state, bound);
+		if (phase == PH_MAIN) {
+			if (e == MAIN_HEAD) {
+				res = LIN_RESULT_OK;
+				break;
+			}
+			if (!ent[e].call) {
+				bound = e;
+				phase = PH_UNKNOWN;
+				e = ent[UNK_HEAD].next;
+				continue;
+			}
+			cand = ent[e].op;
+			e = ent[e].next;
+		} else if (phase == PH_UNKNOWN) {
+			if (e == UNK_HEAD || ent[e].t > ent[bound].t) {
+				phase = PH_DELETE;
+				continue;
+			}
+			cand = ent[e].op;
+			e = ent[e].next;
+		} else if (phase == PH_DELETE) {
+			phase = PH_DEAD_END;
+			if (kdel == kc->ndels || kc->ops[kc->dels[kdel]].inv > ent[bound].t)
+				continue;
+			cand = kc->dels[kdel];
+		} else {
+			note_dead_end(kc, stack, depth, state, kdel, bound);
 			if (depth == 0) {
 				res = LIN_RESULT_VIOLATION;
 				break;
@@ -765,32 +876,48 @@ static lin_result search(kcheck *kc, uint64_t max_steps, uint64_t *steps)
 			const frame f = stack[--depth];
 
 			o = &kc->ops[f.op];
+			if (o->kind == K_READ)
+				observers_pop(kc, bits, o);
+			unlift(kc, o);
+			bits[o->word] &= ~o->mask;
+			zob ^= o->zob;
 			state = f.prev;
 			taint = f.prev_taint;
-			zob ^= o->zob;
-			bits[o->word] &= ~o->mask;
-			unlift(kc, o);
-			e = ent[o->call].next;
 			bound = f.bound;
+			if (o->ret != LIN_NEVER) {
+				phase = PH_MAIN;
+				e = ent[o->call].next;
+			} else if (o->kind != K_DELETE) {
+				phase = PH_UNKNOWN;
+				e = ent[o->call].next;
+			} else {
+				kdel--;
+			}
 			continue;
 		}
-		o = &kc->ops[ent[e].op];
+
+		o = &kc->ops[cand];
 		next_taint = o->ret == LIN_NEVER || (o->kind != K_READ && taint);
-		if (apply(kc, o, state, &next) && may_take(o, state, next, taint)) {
-			bits[o->word] |= o->mask;
-			if (memo_visit(kc, bits, zob ^ o->zob, next, next_taint)) {
-				stack[depth++] = (frame){ent[e].op, state, taint, bound};
-				zob ^= o->zob;
-				state = next;
-				taint = next_taint;
-				lift(kc, o);
-				e = ent[MAIN_HEAD].next;
-				bound = LIN_NONE;
-				continue;
-			}
+		nkdel = kdel + (o->ret == LIN_NEVER && o->kind == K_DELETE);
+		if (!apply(kc, o, state, &next) || !may_take(kc, bits, o, state, next, taint) ||
+		    (next_taint && !next_read_may_see(kc, next)))
+			continue;
+		bits[o->word] |= o->mask;
+		if (!memo_visit(kc, bits, zob ^ o->zob, next, next_taint, nkdel)) {
 			bits[o->word] &= ~o->mask;
+			continue;
 		}
-		e = ent[e].next;
+		stack[depth++] = (frame){cand, state, taint, bound};
+		zob ^= o->zob;
+		state = next;
+		taint = next_taint;
+		kdel = nkdel;
+		lift(kc, o);
+		if (o->kind == K_READ)
+			observers_push(kc, bits, o);
+		phase = PH_MAIN;
+		e = ent[MAIN_HEAD].next;
+		bound = LIN_NONE;
 	}
 	free(stack);
 	free(bits);
@@ -809,6 +936,8 @@ static void kcheck_free(kcheck *kc)
 	free(kc->ent);
 	free(kc->best);
 	free(kc->ops);
+	free(kc->dels);
+	free(kc->obs);
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -891,7 +1020,8 @@ static bool scan_sane(lin_rec *r, size_t id, strbuf *out)
 	const unsigned char *end = scan_end(r, &elen);
 	bool ok = true;
 
-	qsort(r->pairs, r->npairs, sizeof(*r->pairs), pair_cmp);
+	if (r->npairs > 1)
+		qsort(r->pairs, r->npairs, sizeof(*r->pairs), pair_cmp);
 	for (size_t j = 0; j < r->npairs && ok; j++) {
 		const lin_pair *p = &r->pairs[j];
 
@@ -911,6 +1041,94 @@ static bool scan_sane(lin_rec *r, size_t id, strbuf *out)
 	if (!ok)
 		sb_rec(out, r, id, false, NULL, 0, false);
 	return ok;
+}
+
+static bool same_effect(const kop *a, const kop *b)
+{
+	if (a->kind != b->kind)
+		return false;
+	if (a->kind == K_PUT)
+		return a->val == b->val;
+	return a->kind == K_DELETE ||
+	       (a->rvlen == b->rvlen && (a->rvlen == 0 || memcmp(a->rv, b->rv, a->rvlen) == 0));
+}
+
+static bool contains(const unsigned char *hay, size_t hlen, const unsigned char *needle,
+                     size_t nlen)
+{
+	if (nlen == 0)
+		return true;
+	for (const unsigned char *p = hay; nlen <= hlen - (size_t)(p - hay);) {
+		p = memchr(p, needle[0], hlen - nlen - (size_t)(p - hay) + 1);
+		if (p == NULL)
+			return false;
+		if (memcmp(p, needle, nlen) == 0)
+			return true;
+		p++;
+	}
+	return false;
+}
+
+/* Whether read r could have seen unknown put or append w: it returned after w was invoked and
+ * saw a value starting with the put's value, or containing the appended bytes. */
+static bool observes(const kop *r, const kop *w)
+{
+	if (r->val == 0 || r->ret < w->inv)
+		return false;
+	if (w->kind == K_PUT)
+		return r->rvlen >= w->rvlen && memcmp(r->rv, w->rv, w->rvlen) == 0;
+	return contains(r->rv, r->rvlen, w->rv, w->rvlen);
+}
+
+/* Sets the unknown writes' twins (see may_take), kc->dels, and who observes whom. An unknown
+ * delete takes no bit in the linearized-set bitset: the memo counts them. */
+static void find_twins_and_observers(kcheck *kc)
+{
+	size_t nobs = 0, cap = 0;
+
+	kc->dels = xmalloc((kc->n - kc->nreq + 1) * sizeof(*kc->dels));
+	for (size_t i = kc->nreq; i < kc->n; i++) {
+		kop *o = &kc->ops[i];
+
+		o->twin = LIN_NONE;
+		if (o->kind == K_DELETE) {
+			size_t k = kc->ndels++;
+
+			while (k > 0 && kc->ops[kc->dels[k - 1]].inv > o->inv) {
+				kc->dels[k] = kc->dels[k - 1];
+				k--;
+			}
+			kc->dels[k] = i;
+			o->mask = 0;
+			o->zob = 0;
+			continue;
+		}
+		for (size_t j = kc->nreq; j < kc->n; j++) {
+			const kop *t = &kc->ops[j];
+
+			if (t->inv < o->inv && same_effect(o, t) &&
+			    (o->twin == LIN_NONE || kc->ops[o->twin].inv < t->inv))
+				o->twin = j;
+		}
+	}
+	for (size_t r = 0; r < kc->nreq; r++) {
+		kop *o = &kc->ops[r];
+
+		o->obs = nobs;
+		for (size_t w = kc->nreq; w < kc->n && o->kind == K_READ; w++) {
+			if (kc->ops[w].kind == K_DELETE || !observes(o, &kc->ops[w]))
+				continue;
+			if (nobs == cap) {
+				if (!mem_take(kc, (cap ? cap : 64) * sizeof(*kc->obs)))
+					kc->oom = true;
+				cap = cap ? cap * 2 : 64;
+				kc->obs = xrealloc(kc->obs, cap * sizeof(*kc->obs));
+			}
+			kc->obs[nobs++] = w;
+			kc->ops[w].nobs++;
+		}
+		o->n_obs = nobs - o->obs;
+	}
 }
 
 /* Builds kc for the items of one key. */
@@ -946,6 +1164,7 @@ static void kcheck_init(kcheck *kc, const lin_history *h, const item *it, size_t
 		o->zob = mix64(UINT64_C(0x243f6a8885a308d3) + j);
 		o->word = j / 64;
 		o->mask = UINT64_C(1) << (j % 64);
+		o->call = LIN_NONE;
 		o->retn = LIN_NONE;
 		switch (r->op) {
 		case LIN_PUT:
@@ -975,6 +1194,7 @@ static void kcheck_init(kcheck *kc, const lin_history *h, const item *it, size_t
 				kc->oom = true;
 		}
 	}
+	find_twins_and_observers(kc);
 	build_entries(kc);
 }
 
@@ -987,18 +1207,18 @@ static void sb_kop(strbuf *sb, const lin_history *h, const kcheck *kc, size_t i)
 	       o->kind == K_READ && o->val == 0);
 }
 
-static void explain_violation(strbuf *sb, const lin_history *h, const kcheck *kc, const kref *key)
+/* The deepest dead end the search met: where a violation shows. */
+static void explain_dead_end(strbuf *sb, const lin_history *h, const kcheck *kc)
 {
 	const vstate *v = &kc->st[kc->best_state];
 	size_t from = kc->best_n > LIN_SHOW_PREFIX ? kc->best_n - LIN_SHOW_PREFIX : 0;
 
-	sb_printf(sb, "key ");
-	sb_bytes(sb, key->p, key->len);
-	sb_printf(sb, ": not linearizable (%zu operations on this key)\n", kc->n);
+	if (!kc->have_best)
+		return;
 	if (kc->best_n == 0) {
 		sb_printf(sb, "  no operation can take effect first, with the key absent\n");
 	} else {
-		sb_printf(sb, "  longest linearizable prefix: %zu operations, leaving ",
+		sb_printf(sb, "  deepest partial linearization: %zu operations, leaving ",
 		          kc->best_n);
 		if (kc->best_state == 0)
 			sb_printf(sb, "the key absent");
@@ -1016,62 +1236,25 @@ static void explain_violation(strbuf *sb, const lin_history *h, const kcheck *kc
 		sb_kop(sb, h, kc, kc->best_cands[i]);
 }
 
-static bool contains(const unsigned char *hay, size_t hlen, const unsigned char *needle,
-                     size_t nlen)
+/* Explains why the key checked by kc got kr. */
+static void explain_key(strbuf *sb, const lin_history *h, const kcheck *kc, const kref *key,
+                        lin_result kr, uint64_t steps, const lin_check_options *opt)
 {
-	if (nlen == 0)
-		return true;
-	for (const unsigned char *p = hay; nlen <= hlen - (size_t)(p - hay);) {
-		p = memchr(p, needle[0], hlen - nlen - (size_t)(p - hay) + 1);
-		if (p == NULL)
-			return false;
-		if (memcmp(p, needle, nlen) == 0)
-			return true;
-		p++;
+	sb_printf(sb, "key ");
+	sb_bytes(sb, key->p, key->len);
+	if (kr == LIN_RESULT_VIOLATION) {
+		sb_printf(sb, ": not linearizable (%zu operations on this key)\n", kc->n);
+	} else {
+		sb_printf(sb,
+		          ": search budget exhausted, not a pass (%zu operations, %" PRIu64
+		          " of %" PRIu64 " steps, %zu memo entries%s, %zu of %zu bytes%s)\n",
+		          kc->n, steps, opt->max_steps, kc->memo_n,
+		          kc->memo_full ? " (memo full)" : "", kc->mem_used, opt->max_memory,
+		          kc->oom ? ", out of memory for values" : "");
+		if (kc->have_best)
+			sb_printf(sb, "  so far:\n");
 	}
-	return false;
-}
-
-/* Whether some read of it[0..n) that returned after write w was invoked saw a value that w
- * could have produced: one that starts with a put's value, or contains an append's bytes. */
-static bool observable(const lin_history *h, const item *it, size_t n, const lin_rec *w)
-{
-	for (size_t i = 0; i < n; i++) {
-		const lin_rec *r = &h->recs[it[i].rec];
-
-		if (is_write(r->op) || it[i].absent || r->ret < w->inv)
-			continue;
-		if (w->op == LIN_PUT
-		        ? it[i].rvlen >= w->vlen && memcmp(it[i].rv, w->val, w->vlen) == 0
-		        : contains(it[i].rv, it[i].rvlen, w->val, w->vlen))
-			return true;
-	}
-	return false;
-}
-
-/*
- * Drops the unknown puts and appends of one key that no read could have observed, and returns
- * the new count. Sound: in a linearization holding such a write, every state from it up to the
- * next put or delete carries its bytes, so no read sits there; removing the write changes only
- * those unobserved states. Without this, each unknown write that never happened doubles the
- * search space a violation must exhaust.
- */
-static size_t drop_unobserved(const lin_history *h, item *it, size_t n)
-{
-	bool *drop = xmalloc(n * sizeof(*drop));
-	size_t m = 0;
-
-	for (size_t i = 0; i < n; i++) {
-		const lin_rec *r = &h->recs[it[i].rec];
-
-		drop[i] = (r->op == LIN_PUT || r->op == LIN_APPEND) && r->status != LIN_OK &&
-		          !observable(h, it, n, r);
-	}
-	for (size_t i = 0; i < n; i++)
-		if (!drop[i])
-			it[m++] = it[i];
-	free(drop);
-	return m;
+	explain_dead_end(sb, h, kc);
 }
 
 void lin_check_options_init(lin_check_options *opt)
@@ -1216,7 +1399,6 @@ lin_result lin_check(lin_history *h, const lin_check_options *opt, lin_stats *st
 		lin_result kr;
 		kcheck kc;
 
-		n = drop_unobserved(h, sorted + start[k], n);
 		if (n == 0)
 			continue;
 		st.keys++;
@@ -1225,22 +1407,8 @@ lin_result lin_check(lin_history *h, const lin_check_options *opt, lin_stats *st
 		st.steps += steps;
 		if (kc.memo_n > st.max_memo)
 			st.max_memo = kc.memo_n;
-		if (kr != LIN_RESULT_OK && shown++ < LIN_SHOW_KEYS) {
-			if (kr == LIN_RESULT_VIOLATION) {
-				explain_violation(&out, h, &kc, &keys[k]);
-			} else {
-				sb_printf(&out, "key ");
-				sb_bytes(&out, keys[k].p, keys[k].len);
-				sb_printf(&out,
-				          ": search budget exhausted (%zu operations, %" PRIu64
-				          " of %" PRIu64 " steps, %zu memo entries%s, %zu of %zu "
-				          "bytes%s); not a pass\n",
-				          n, steps, opt->max_steps, kc.memo_n,
-				          kc.memo_full ? " (memo full)" : "", kc.mem_used,
-				          opt->max_memory,
-				          kc.oom ? ", out of memory for values" : "");
-			}
-		}
+		if (kr != LIN_RESULT_OK && shown++ < LIN_SHOW_KEYS)
+			explain_key(&out, h, &kc, &keys[k], kr, steps, opt);
 		if (kr == LIN_RESULT_VIOLATION ||
 		    (kr == LIN_RESULT_TIMEOUT && res == LIN_RESULT_OK))
 			res = kr;

@@ -69,21 +69,30 @@ size_t lin_history_size(lin_history *h);
  * Checking. The history is partitioned per key; the keys are the union of every key named by a
  * PUT, APPEND, DELETE or GET and every key a scan returned. An OK scan becomes, on each such key
  * in its covered range, a read of the value it returned for that key, or of "absent" when it
- * returned none. Each key is then searched independently (Wing & Gong's search with Lowe's
- * just-in-time list and a memo of (linearized set, model value) pairs, as Porcupine does) for a
- * linearization that respects real-time order. Before the search, an unknown PUT or APPEND that
- * no read could have observed (no read returning after its invocation saw a value starting with
- * the put's value, or containing the appended bytes) is dropped: a linearization with it exists
- * only if one without it does, and each such write would otherwise double the space a
- * violation's search must exhaust.
+ * returned none. Each key is then searched independently for a linearization that respects
+ * real-time order: Wing & Gong's depth-first search over the operations that may go next, with
+ * Lowe's just-in-time list of invocations and returns, and a memo of visited (linearized set,
+ * model value) pairs so that no node is searched twice (as Porcupine does). The model is one
+ * key's value: absent or bytes, interned so that a node's value is an id.
+ *
+ * Unknown writes are what makes the search expensive: each may take effect anywhere after its
+ * invocation, or never. The search skips moves that leaving an unknown write out dominates (an
+ * unknown write that changes nothing, or whose effect an overwrite erases unread, or that no
+ * pending read could have seen, or that a still pending twin with the same effect could make
+ * instead); each rule keeps a linearization if one exists. See may_take() in linearize.c.
+ * Write values that cannot be mistaken for one another (unique, delimited: no put value a prefix
+ * of another, no append token inside another value or token, e.g. "p3.17|" and "|3.18|"):
+ * the checker accepts every reading of an ambiguous value, which widens the search.
  *
  * Budgets, per key:
- *   max_steps   search steps (one step tries or skips one entry, or backtracks once);
+ *   max_steps   search steps (one step tries or skips one candidate, or backtracks once);
  *               exhausting it gives LIN_RESULT_TIMEOUT, which callers must treat as a failure.
- *   max_memory  bytes for the memo table (slots plus the linearized-set bitsets) and the
- *               distinct model values met during the search. A full memo stops growing (the
- *               search stays correct, only less pruned, and may time out); a new model value
- *               that does not fit gives LIN_RESULT_TIMEOUT.
+ *   max_memory  bytes for the memo (each entry costs about 40 bytes plus a bitset of one bit
+ *               per operation on the key, so max_memory / (40 + ops / 8) entries at most) and
+ *               for the distinct model values met during the search. A full memo stops growing
+ *               (the search stays correct, only less pruned, and may time out); a model value
+ *               that does not fit gives LIN_RESULT_TIMEOUT. Arrays proportional to the number of
+ *               operations on the key come on top.
  *
  * Limitation: a scan reads all its keys at one log index in the store, so a stronger check
  * would linearize every key of one scan at the same point. The per-key check does not: it can

@@ -235,6 +235,7 @@ static void test_scans_consistent(void)
 static void test_stale_read(void)
 {
 	lin_history *h = lin_history_new();
+	size_t p2;
 
 	t_ok(h, t_put(h, 1, "x", "1"));
 	t_ok(h, t_put(h, 2, "x", "2"));
@@ -243,8 +244,6 @@ static void test_stale_read(void)
 
 	/* Reads go back in time: a later read sees an older value than an earlier read. */
 	h = lin_history_new();
-	size_t p2;
-
 	t_ok(h, t_put(h, 1, "x", "1"));
 	p2 = t_put(h, 2, "x", "2");
 	t_got(h, t_get(h, 3, "x"), "2");
@@ -335,6 +334,39 @@ static void test_scan_missing_put(void)
 	t_pair(h, s, "a", "1");
 	t_ok(h, s);
 	t_expect(h, LIN_RESULT_VIOLATION, NULL, false);
+}
+
+/* A put, then 16 unknown appends and 8 unknown deletes, then reads of last[0..n). */
+static lin_history *many_unknown(const char *const *reads, size_t n)
+{
+	lin_history *h = lin_history_new();
+	size_t ids[24];
+	char tok[8];
+
+	t_ok(h, t_put(h, 1, "k", "s|"));
+	for (size_t i = 0; i < 24; i++) {
+		snprintf(tok, sizeof tok, "|%zu|", i);
+		ids[i] = i < 16 ? t_append(h, 2 + i, "k", tok) : t_del(h, 2 + i, "k");
+	}
+	for (size_t i = 0; i < 24; i++)
+		t_unknown(h, ids[i]);
+	for (size_t i = 0; i < n; i++)
+		t_got(h, t_get(h, 99, "k"), reads[i]);
+	return h;
+}
+
+/* Unknown writes in numbers, taken in any order or not at all, but each at most once. */
+static void test_many_unknown(void)
+{
+	const char *ok[] = {"s||3||7||1|", NULL, "|5||9|", "|5||9||15|", NULL, "|2|"};
+	const char *twice[] = {"s||3||7||1|", NULL, "|5||5|"};
+	const char *again[] = {"s||3||7||1|", "s||3|"};
+	const char *no_put[] = {"s||3|", NULL, "s||4|"};
+
+	t_expect(many_unknown(ok, 6), LIN_RESULT_OK, NULL, false);
+	t_expect(many_unknown(twice, 3), LIN_RESULT_VIOLATION, "k", false);
+	t_expect(many_unknown(again, 2), LIN_RESULT_VIOLATION, "k", false);
+	t_expect(many_unknown(no_put, 3), LIN_RESULT_VIOLATION, "k", false);
 }
 
 /* Twelve concurrent appends and one read of them: in call order, found at once; in reverse
@@ -542,9 +574,9 @@ static void gen_invoke(gen *g, gclient *c, uint64_t cid)
 	r = lt_rand(&g->rng) % 100;
 	c->op = r < 35 ? LIN_GET : r < 60 ? LIN_PUT : r < 92 ? LIN_APPEND : LIN_DELETE;
 	if (c->op == LIN_PUT)
-		snprintf(c->val, sizeof c->val, "p%" PRIu64 ".%" PRIu64, cid, ++g->serial);
+		snprintf(c->val, sizeof c->val, "p%" PRIu64 ".%" PRIu64 "|", cid, ++g->serial);
 	else if (c->op == LIN_APPEND)
-		snprintf(c->val, sizeof c->val, "%" PRIu64 ".%" PRIu64 ";", cid, ++g->serial);
+		snprintf(c->val, sizeof c->val, "|%" PRIu64 ".%" PRIu64 "|", cid, ++g->serial);
 	c->id = lin_invoke(g->h, cid, c->op, name, strlen(name), c->val, strlen(c->val));
 }
 
@@ -609,8 +641,15 @@ static void gen_step(gen *g, size_t ci)
 	}
 }
 
-/* Simulates o->nclients clients over a shared model and records their history in a new
- * lin_history (the caller frees it); *gets receives the number of OK gets. */
+/*
+ * Simulates o->nclients clients over a shared model and records their history in a new
+ * lin_history (the caller frees it); *gets receives the number of OK gets. Each operation takes
+ * effect on the model at one point between its invocation and completion (its true
+ * linearization point, in a sequential execution); the seeded scheduling of the clients
+ * stretches invocations and completions around those points, so histories are linearizable by
+ * construction. Unknown writes take effect before their completion, later (orphans), or never.
+ * Put values and append tokens are unique and delimited ("p3.17|", "|3.18|").
+ */
 static lin_history *gen_history(const gen_opts *o, size_t *gets)
 {
 	gen g = {0};
@@ -708,11 +747,11 @@ static void test_random_histories(void)
 	       stale_caught, stale);
 }
 
-static void test_performance(void)
+/* Checks one generated history and prints how long it took. */
+static void perf_run(const gen_opts *o)
 {
-	gen_opts o = {lt_seed(), 4000, 10, 5, 5, 3, 2, MUT_NONE, 0};
 	size_t gets;
-	lin_history *h = gen_history(&o, &gets);
+	lin_history *h = gen_history(o, &gets);
 	lin_check_options opt;
 	lin_stats st;
 	double t0, ms;
@@ -724,10 +763,21 @@ static void test_performance(void)
 	r = lin_check(h, &opt, &st, NULL);
 	ms = now_ms() - t0;
 	CU_ASSERT_EQUAL(r, LIN_RESULT_OK);
-	printf("\nlinearizability perf: seed %" PRIu64 ", %zu ops (%zu checked), %zu keys, %d "
-	       "clients: %.1f ms, %" PRIu64 " steps, largest memo %zu\n",
-	       o.seed, st.ops, st.checked, st.keys, (int)o.nclients, ms, st.steps, st.max_memo);
+	printf("\nlinearizability perf: seed %" PRIu64 ", %zu ops (%zu checked), %zu keys, %zu "
+	       "clients, %u%% unknown: %.1f ms, %" PRIu64 " steps, largest memo %zu",
+	       o->seed, st.ops, st.checked, st.keys, o->nclients, o->unknown_pct, ms, st.steps,
+	       st.max_memo);
 	lin_history_free(h);
+}
+
+static void test_performance(void)
+{
+	gen_opts many_keys = {lt_seed(), 4000, 10, 5, 5, 3, 2, MUT_NONE, 0};
+	gen_opts few_keys = {lt_seed(), 4000, 3, 5, 5, 10, 2, MUT_NONE, 0};
+
+	perf_run(&many_keys);
+	perf_run(&few_keys);
+	printf("\n");
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -765,7 +815,7 @@ static void *lt_client(void *arg)
 		bool append = lt_chance(&rng, 50), present = false;
 
 		snprintf(key, sizeof key, "t%zu", k);
-		snprintf(tok, sizeof tok, "%" PRIu64 ".%zu;", t->client, i);
+		snprintf(tok, sizeof tok, "|%" PRIu64 ".%zu|", t->client, i);
 		id = append ? lin_invoke(sh->h, t->client, LIN_APPEND, key, strlen(key), tok,
 		                         strlen(tok))
 		            : lin_invoke(sh->h, t->client, LIN_GET, key, strlen(key), NULL, 0);
@@ -832,6 +882,7 @@ void test_register_linearizability(void)
 	CU_add_test(s, "a duplicated append is a violation", test_duplicated_write);
 	CU_add_test(s, "a value never written is a violation", test_value_never_written);
 	CU_add_test(s, "a scan missing a completed put is a violation", test_scan_missing_put);
+	CU_add_test(s, "many unknown writes", test_many_unknown);
 	CU_add_test(s, "an exhausted budget is a timeout", test_timeout);
 	CU_add_test(s, "generated histories, and mutated reads", test_random_histories);
 	CU_add_test(s, "a few thousand operations", test_performance);
