@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include "store/command.h"
@@ -18,6 +19,13 @@
 #define WIRE_OFF_KEYLEN  35
 
 #define MAX_RESULTS 4096
+
+/* Sanitizers keep freed memory in quarantine, so RSS bounds hold in plain builds only. */
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#define KVT_SANITIZED 1
+#else
+#define KVT_SANITIZED 0
+#endif
 
 /* ---- helpers ---- */
 
@@ -1001,6 +1009,168 @@ static void test_kv_failure_rolls_back(void)
 	kvt_results_del(rs);
 }
 
+/* ---- GET results and memory ---- */
+
+/* Reads the "<field>:  N kB" line of /proc/self/status; -1 if absent. */
+static long kvt_status_kib(const char *field)
+{
+	FILE *f = fopen("/proc/self/status", "r");
+	size_t fl = strlen(field);
+	char line[256];
+	long v = -1;
+
+	if (f == NULL)
+		return -1;
+	while (fgets(line, sizeof(line), f) != NULL)
+		if (strncmp(line, field, fl) == 0 && line[fl] == ':')
+			v = strtol(line + fl + 1, NULL, 10);
+	fclose(f);
+	return v;
+}
+
+/* Resets the peak RSS to the current RSS (Linux clear_refs "5") and returns it in KiB; if the
+ * reset is not possible, returns the process's peak so far (getrusage). */
+static long kvt_rss_reset(void)
+{
+	FILE *f = fopen("/proc/self/clear_refs", "w");
+	struct rusage ru;
+
+	if (f != NULL && fputs("5", f) >= 0 && fclose(f) == 0)
+		return kvt_status_kib("VmHWM");
+	getrusage(RUSAGE_SELF, &ru);
+	return ru.ru_maxrss;
+}
+
+/* The peak RSS in KiB since the last kvt_rss_reset(). */
+static long kvt_rss_peak(void)
+{
+	long hwm = kvt_status_kib("VmHWM");
+	struct rusage ru;
+
+	if (hwm >= 0)
+		return hwm;
+	getrusage(RUSAGE_SELF, &ru);
+	return ru.ru_maxrss;
+}
+
+/* Checks each GET result in place (no copy): in order, the expected value, and delivered only
+ * once the transaction that applied it committed. */
+typedef struct kvt_get_check {
+	store *s;
+	const unsigned char *want; /* the value every GET must return */
+	size_t want_len;
+	uint64_t next;          /* index of the next result expected */
+	uint64_t first_applied; /* the applied index when the first result came */
+	size_t bad;
+} kvt_get_check;
+
+static void kvt_check_get(void *ctx, const store_result *res)
+{
+	kvt_get_check *g = ctx;
+	bool ok = res->index == g->next && res->op == STORE_OP_GET &&
+	          res->status == STORE_RESULT_OK && res->value_len == g->want_len &&
+	          memcmp(res->value, g->want, g->want_len) == 0 &&
+	          store_applied_index(g->s) >= res->index;
+
+	if (g->first_applied == 0)
+		g->first_applied = store_applied_index(g->s);
+	g->bad += !ok;
+	g->next++;
+}
+
+/* A value of COMMAND_MAX_VALUE bytes; malloc'd. */
+static unsigned char *kvt_big_value(void)
+{
+	unsigned char *v = malloc(COMMAND_MAX_VALUE);
+
+	CU_ASSERT_FATAL(v != NULL);
+	for (size_t i = 0; i < COMMAND_MAX_VALUE; i++)
+		v[i] = (unsigned char)(i * 131 + i / 4099);
+	return v;
+}
+
+/* Puts the big value at "big" as entry 1, and pushes n GETs of it from entry 2 on. */
+static void kvt_big_gets(kvt_db *d, const unsigned char *big, size_t n, kvt_batch *b)
+{
+	store_command put = kvt_cmd(STORE_OP_PUT, "big", NULL);
+	store_command get = kvt_cmd(STORE_OP_GET, "big", NULL);
+
+	put.value = big;
+	put.value_len = COMMAND_MAX_VALUE;
+	kvt_push(b, 1, &put);
+	CU_ASSERT_EQUAL_FATAL(store_apply(d->s, b->e, 1, NULL, NULL), STORE_OK);
+	kvt_batch_clear(b);
+	for (size_t i = 0; i < n; i++)
+		kvt_push(b, 2 + i, &get);
+}
+
+/* 64 GETs of a 1 MiB value in one batch: results are delivered in order and whole, but the
+ * batch commits in parts, so memory grows by a few MiB rather than 64. */
+static void test_kv_get_memory_bounded(void)
+{
+	const size_t n = 64;
+	unsigned char *big = kvt_big_value();
+	kvt_batch b = {.n = 0};
+	kvt_get_check g;
+	long rss0, grow;
+	kvt_db d;
+
+	kvt_open(&d, 0, 0);
+	kvt_big_gets(&d, big, n, &b);
+	g = (kvt_get_check){.s = d.s, .want = big, .want_len = COMMAND_MAX_VALUE, .next = 2};
+	rss0 = kvt_rss_reset();
+	CU_ASSERT_EQUAL(store_apply(d.s, b.e, b.n, kvt_check_get, &g), STORE_OK);
+	grow = kvt_rss_peak() - rss0;
+	printf("\n  %zu GETs of %u bytes: peak RSS +%ld KiB\n", n, COMMAND_MAX_VALUE, grow);
+	CU_ASSERT_EQUAL(g.bad, 0);
+	CU_ASSERT_EQUAL(g.next, 2 + n);
+	CU_ASSERT(g.first_applied >= 2 && g.first_applied < 1 + n);
+	CU_ASSERT_EQUAL(store_applied_index(d.s), 1 + n);
+	CU_ASSERT_EQUAL(kvt_query_int(d.path, "SELECT applied_index FROM apply_state"),
+	                (int64_t)(1 + n));
+	if (!KVT_SANITIZED)
+		CU_ASSERT(grow < 24 * 1024);
+	kvt_batch_clear(&b);
+	kvt_close(&d);
+	free(big);
+}
+
+/* A failure after the first part of a batch committed: that part stays applied with its
+ * callbacks made, the rest is rolled back, and the applied index tells where it stopped. */
+static void test_kv_batch_parts_atomic(void)
+{
+	store_command boom = kvt_cmd(STORE_OP_PUT, "boom", "1");
+	unsigned char *big = kvt_big_value();
+	kvt_batch b = {.n = 0};
+	kvt_get_check g;
+	uint64_t applied;
+	kvt_db d;
+
+	kvt_open(&d, 0, 0);
+	kvt_big_gets(&d, big, 16, &b);
+	kvt_push(&b, 18, &boom);
+	kvt_exec_side(d.path, "CREATE TRIGGER boom BEFORE INSERT ON kv WHEN NEW.key = x'626f6f6d'"
+	                      " BEGIN SELECT RAISE(ABORT, 'injected'); END");
+	g = (kvt_get_check){.s = d.s, .want = big, .want_len = COMMAND_MAX_VALUE, .next = 2};
+	CU_ASSERT_NOT_EQUAL(store_apply(d.s, b.e, b.n, kvt_check_get, &g), STORE_OK);
+	applied = store_applied_index(d.s);
+	CU_ASSERT(applied > 1 && applied < 18);
+	CU_ASSERT_EQUAL(g.bad, 0);
+	CU_ASSERT_EQUAL(g.next, applied + 1);
+	store_close(d.s);
+	d.s = NULL;
+	CU_ASSERT_EQUAL(kvt_query_int(d.path, "SELECT applied_index FROM apply_state"),
+	                (int64_t)applied);
+	kvt_exec_side(d.path, "DROP TRIGGER boom");
+	kvt_reopen(&d);
+	CU_ASSERT_EQUAL(store_apply(d.s, b.e, b.n, NULL, NULL), STORE_OK);
+	CU_ASSERT_EQUAL(store_applied_index(d.s), 18);
+	CU_ASSERT(kvt_has(d.s, "boom", "1"));
+	kvt_batch_clear(&b);
+	kvt_close(&d);
+	free(big);
+}
+
 /* ---- sessions ---- */
 
 static void test_session_duplicates(void)
@@ -1324,6 +1494,93 @@ static void test_session_max(void)
 	kvt_results_del(rs);
 }
 
+/* Applies APPENDs of "x" to "k" by client 7 (epoch e), seqs lo..hi with low_seq 1, from entry
+ * *index on. */
+static void kvt_appends(store *s, uint64_t e, uint64_t lo, uint64_t hi, uint64_t *index)
+{
+	kvt_batch b = {.n = 0};
+
+	for (uint64_t seq = lo; seq <= hi; seq++) {
+		store_command c = kvt_client_cmd(STORE_OP_APPEND, 7, e, seq, 1, "k", "x");
+
+		kvt_push(&b, (*index)++, &c);
+		if (b.n == 256 || seq == hi) {
+			CU_ASSERT_EQUAL_FATAL(store_apply(s, b.e, b.n, NULL, NULL), STORE_OK);
+			kvt_batch_clear(&b);
+		}
+	}
+}
+
+/* The length of k's value, or 0. */
+static size_t kvt_len(store *s, const char *key)
+{
+	void *v = NULL;
+	size_t len = 0;
+
+	store_get(s, key, strlen(key), &v, &len);
+	free(v);
+	return len;
+}
+
+/* A client that never raises its watermark keeps at most COMMAND_MAX_INFLIGHT results: the
+ * lowest seqs go, the watermark rises above them, and their retries are refused, not applied
+ * again; every replica drops the same ones. A seq far ahead drags the window along. */
+static void test_session_inflight_bound(void)
+{
+	const uint64_t extra = 10, total = COMMAND_MAX_INFLIGHT + extra;
+	kvt_results *rs = kvt_results_new();
+	uint64_t e, index = 2, index2 = 2;
+	store_command c;
+	kvt_db d, d2;
+
+	kvt_open(&d, 0, 0);
+	kvt_open(&d2, 0, 0);
+	e = kvt_do_register(d.s, 1, 7, rs);
+	kvt_do_register(d2.s, 1, 7, rs);
+	kvt_appends(d.s, e, 1, total, &index);
+	kvt_appends(d2.s, e, 1, total / 2, &index2);
+	kvt_reopen(&d2);
+	kvt_appends(d2.s, e, total / 2 + 1, total, &index2);
+	CU_ASSERT_EQUAL(kvt_len(d.s, "k"), total);
+	CU_ASSERT_EQUAL(kvt_query_int(d.path, "SELECT count(*) FROM session_results"),
+	                COMMAND_MAX_INFLIGHT);
+	CU_ASSERT_EQUAL(kvt_query_int(d.path, "SELECT min(seq) FROM session_results"), extra + 1);
+	CU_ASSERT_EQUAL(kvt_query_int(d.path, "SELECT low_seq FROM sessions"), extra + 1);
+	CU_ASSERT_EQUAL(kvt_state_hash(d.path), kvt_state_hash(d2.path));
+	/* Retries below the new watermark: refused; at or above it: the recorded result. */
+	c = kvt_client_cmd(STORE_OP_APPEND, 7, e, 1, 1, "k", "x");
+	CU_ASSERT_EQUAL(kvt_status(d.s, index++, &c, rs), STORE_RESULT_SESSION_EXPIRED);
+	c.seq = extra;
+	CU_ASSERT_EQUAL(kvt_status(d.s, index++, &c, rs), STORE_RESULT_SESSION_EXPIRED);
+	c.seq = extra + 1;
+	CU_ASSERT_EQUAL(kvt_status(d.s, index++, &c, rs), STORE_RESULT_OK);
+	c.seq = total;
+	CU_ASSERT_EQUAL(kvt_status(d.s, index++, &c, rs), STORE_RESULT_OK);
+	CU_ASSERT_EQUAL(kvt_len(d.s, "k"), total);
+	/* One more new request pushes out one more. */
+	c.seq = total + 1;
+	CU_ASSERT_EQUAL(kvt_status(d.s, index++, &c, rs), STORE_RESULT_OK);
+	CU_ASSERT_EQUAL(kvt_len(d.s, "k"), total + 1);
+	CU_ASSERT_EQUAL(kvt_query_int(d.path, "SELECT count(*) FROM session_results"),
+	                COMMAND_MAX_INFLIGHT);
+	CU_ASSERT_EQUAL(kvt_query_int(d.path, "SELECT low_seq FROM sessions"), extra + 2);
+	c.seq = extra + 1;
+	CU_ASSERT_EQUAL(kvt_status(d.s, index++, &c, rs), STORE_RESULT_SESSION_EXPIRED);
+	CU_ASSERT_EQUAL(kvt_len(d.s, "k"), total + 1);
+	c.seq = 10 * total;
+	CU_ASSERT_EQUAL(kvt_status(d.s, index++, &c, rs), STORE_RESULT_OK);
+	CU_ASSERT_EQUAL(kvt_query_int(d.path, "SELECT low_seq FROM sessions"),
+	                (int64_t)(10 * total - COMMAND_MAX_INFLIGHT + 1));
+	CU_ASSERT_EQUAL(kvt_query_int(d.path, "SELECT count(*) FROM session_results"), 1);
+	c.seq = total;
+	CU_ASSERT_EQUAL(kvt_status(d.s, index++, &c, rs), STORE_RESULT_SESSION_EXPIRED);
+	CU_ASSERT_EQUAL(kvt_len(d.s, "k"), total + 2);
+	CU_ASSERT_EQUAL(store_failed(d.s), STORE_OK);
+	kvt_close(&d);
+	kvt_close(&d2);
+	kvt_results_del(rs);
+}
+
 /* Malformed commands and conf changes are INVALID on every replica alike, with no effect. */
 static void test_kv_invalid_entries(void)
 {
@@ -1395,4 +1652,7 @@ void test_register_store_kv(void)
 	CU_add_test(s, "max sessions evicts least recently used", test_session_max);
 	CU_add_test(s, "session expiry deterministic", test_session_expiry_deterministic);
 	CU_add_test(s, "malformed and conf change entries invalid", test_kv_invalid_entries);
+	CU_add_test(s, "GET results keep memory bounded", test_kv_get_memory_bounded);
+	CU_add_test(s, "a batch commits in atomic parts", test_kv_batch_parts_atomic);
+	CU_add_test(s, "session results bounded per client", test_session_inflight_bound);
 }

@@ -31,6 +31,13 @@
 #define COMMAND_VERSION   1u
 #define COMMAND_MAX_KEY   4096u
 #define COMMAND_MAX_VALUE (1u << 20)
+/* A session keeps the results of at most this many of its client's requests: those with seq in
+ * [low_seq, low_seq + COMMAND_MAX_INFLIGHT). A request with a seq past that window first raises
+ * the session's low watermark to seq - COMMAND_MAX_INFLIGHT + 1, dropping the results of the
+ * oldest seqs (a retry of one is STORE_RESULT_SESSION_EXPIRED, never applied again), so a
+ * client should keep fewer requests than this in flight. Part of the replicated state
+ * machine. */
+#define COMMAND_MAX_INFLIGHT 1024u
 /* Bytes of a command with an empty key and value. */
 #define COMMAND_HEADER_SIZE (3u + 4u * 8u + 4u + 4u)
 

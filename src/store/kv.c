@@ -14,6 +14,9 @@
 #define KV_SCAN_BATCH_BYTES (8u << 20)
 /* n_sessions_at when the session count is not known. */
 #define KV_COUNT_UNKNOWN UINT64_MAX
+/* An apply transaction commits, and its callbacks run, once the values it holds for them (GET
+ * results) reach this many bytes; the rest of the batch goes on in a new transaction. */
+#define KV_APPLY_RESULT_BUDGET (4u << 20)
 
 enum kv_stmt {
 	KV_GET,
@@ -71,7 +74,7 @@ static const char *const kv_sql[KV_N_STMT] = {
     [KV_RESULT_DROP] = "DELETE FROM session_results WHERE client_id = ?1",
 };
 
-/* The outcome of one applied entry, kept until the batch's callbacks have run. */
+/* The outcome of one applied entry, kept until its transaction's callbacks have run. */
 typedef struct kv_outcome {
 	store_result res;       /* res.value points into owned or epoch, or is NULL */
 	void *owned;            /* malloc'd value (GET, or a recorded GET result); NULL otherwise */
@@ -486,11 +489,26 @@ static int kv_result_trim(kv_batch *b, uint64_t client_id, uint64_t low_seq)
 	return kv_exec(b->s, st, "session results trim");
 }
 
+/* Whether seq lies past the window of seqs whose results a session keeps. */
+static bool kv_past_window(const kv_session *ss, uint64_t seq)
+{
+	return seq >= ss->low_seq && seq - ss->low_seq >= COMMAND_MAX_INFLIGHT;
+}
+
+/* Raises the watermark to low (above the current one) and drops the results below it. */
+static int kv_session_raise(kv_batch *b, uint64_t client_id, kv_session *ss, uint64_t low)
+{
+	ss->low_seq = low;
+	return kv_result_trim(b, client_id, low);
+}
+
 /*
  * A data command of a client (Raft dissertation §6.3): the session must be live with the
  * command's epoch; the watermark only rises and drops the results below it; a recorded result
  * is returned as it was; a seq below the watermark is never executed; anything else executes
- * once and is recorded.
+ * once and is recorded. Results are kept for seqs in [low_seq, low_seq + COMMAND_MAX_INFLIGHT)
+ * only: a seq past that window first drags the watermark up behind it, so a client never has
+ * more than COMMAND_MAX_INFLIGHT results, and the bound costs no query.
  */
 static int kv_session_execute(kv_batch *b, const store_command *c, uint64_t index, kv_outcome *o)
 {
@@ -502,12 +520,12 @@ static int kv_session_execute(kv_batch *b, const store_command *c, uint64_t inde
 	if (rv != STORE_OK || !found || ss.epoch != c->epoch ||
 	    kv_session_idle(b->kv, ss.last_index, index))
 		return rv;
-	if (c->low_seq > ss.low_seq) {
-		rv = kv_result_trim(b, c->client_id, c->low_seq);
-		if (rv != STORE_OK)
-			return rv;
-		ss.low_seq = c->low_seq;
-	}
+	if (c->low_seq > ss.low_seq)
+		rv = kv_session_raise(b, c->client_id, &ss, c->low_seq);
+	if (rv == STORE_OK && kv_past_window(&ss, c->seq))
+		rv = kv_session_raise(b, c->client_id, &ss, c->seq - COMMAND_MAX_INFLIGHT + 1);
+	if (rv != STORE_OK)
+		return rv;
 	rv = kv_result_load(b, c, o, &found);
 	if (rv == STORE_OK && !found && c->seq >= ss.low_seq) {
 		rv = kv_execute(b, c, o);
@@ -624,32 +642,40 @@ static int kv_check_contiguous(store *s, const raft_entry *ents, size_t n)
 }
 
 /*
- * The transaction of one batch. It may commit without an fsync under STORE_SYNC_FULL:
+ * One apply transaction: applies ents from the first on until all n are done or the values
+ * held for the callbacks reach KV_APPLY_RESULT_BUDGET, and commits them with the applied index
+ * of the last one. It may commit without an fsync under STORE_SYNC_FULL:
  *   - it holds only a deterministic function of the stored state and of committed entries,
  *     which are already durable in the log (and on a quorum), so losing it in a crash loses
  *     nothing: the stored applied index falls back with the data, and the replay of the log
  *     above it rebuilds the same rows, sessions and results;
  *   - kv rows, sessions and the applied index commit together, so they never come apart;
- *   - in WAL mode commits are appended in order and an fsync covers every earlier frame, so any
- *     later synced commit (the next Ready, a compaction, a snapshot install) makes this one
- *     durable first: no durable state can depend on an apply that was lost. In particular a
- *     compaction up to the cached applied index is never durable without that apply.
- * On STORE_OK, *n_done outcomes are filled; on error everything is rolled back.
+ *   - in WAL mode commits are appended in order, and after a crash recovery keeps a prefix of
+ *     them (each frame's checksum chains to the one before), so no later commit becomes
+ *     durable without this one: not the next synced Ready, and not a compaction up to the
+ *     cached applied index, which is itself an unsynced commit and is durable only once a
+ *     later fsync (of a Ready, a snapshot install or a checkpoint) covers both.
+ * On STORE_OK, *n_done (>= 1) outcomes are filled and committed; on error everything of this
+ * transaction is rolled back, and *n_done outcomes still need freeing.
  */
 static int kv_apply_txn(store *s, const raft_entry *ents, size_t n, kv_batch *b, size_t *n_done)
 {
+	size_t held = 0;
 	int rv = store_begin(s, false);
 
 	*n_done = 0;
 	if (rv != STORE_OK)
 		return rv;
 	rv = kv_count_sessions(b);
-	for (size_t i = 0; rv == STORE_OK && i < n; i++) {
-		rv = kv_apply_entry(b, &ents[i], &s->kv->out[i]);
-		*n_done = i + 1;
+	while (rv == STORE_OK && *n_done < n && held < KV_APPLY_RESULT_BUDGET) {
+		kv_outcome *o = &s->kv->out[*n_done];
+
+		rv = kv_apply_entry(b, &ents[*n_done], o);
+		(*n_done)++;
+		held += o->owned != NULL ? o->res.value_len : 0;
 	}
 	if (rv == STORE_OK)
-		rv = kv_save_applied(b, ents[n - 1].index, ents[n - 1].term);
+		rv = kv_save_applied(b, ents[*n_done - 1].index, ents[*n_done - 1].term);
 	if (rv == STORE_OK)
 		rv = store_commit(s);
 	if (rv != STORE_OK)
@@ -657,13 +683,45 @@ static int kv_apply_txn(store *s, const raft_entry *ents, size_t n, kv_batch *b,
 	return rv;
 }
 
+/* After a transaction of n entries (last: its last entry) committed: updates the caches and
+ * runs the callbacks. */
+static void kv_publish(store *s, const kv_batch *b, const raft_entry *last, size_t n,
+                       store_apply_fn cb, void *ctx)
+{
+	s->applied_index = last->index;
+	s->applied_term = last->term;
+	s->kv->n_sessions = b->n_sessions;
+	s->kv->n_sessions_at = s->applied_index;
+	for (size_t i = 0; cb != NULL && i < n; i++)
+		cb(ctx, &s->kv->out[i].res);
+}
+
+/* Applies ents (contiguous, after the applied index) in as many transactions as the result
+ * budget needs. A callback that moved the applied index (an install) ends the batch. */
+static int kv_apply_all(store *s, const raft_entry *ents, size_t n, store_apply_fn cb, void *ctx)
+{
+	kv_batch b = {.s = s, .kv = s->kv};
+	size_t done;
+	int rv = STORE_OK;
+
+	while (rv == STORE_OK && n > 0) {
+		if (ents[0].index != s->applied_index + 1)
+			return kv_check_contiguous(s, ents, 1);
+		rv = kv_apply_txn(s, ents, n, &b, &done);
+		if (rv == STORE_OK)
+			kv_publish(s, &b, &ents[done - 1], done, cb, ctx);
+		kv_outcomes_free(s->kv, done);
+		ents += done;
+		n -= done;
+	}
+	return rv;
+}
+
 /* ents: borrowed. Outcomes passed to cb are borrowed for the call; cb must not call
  * store_apply (STORE_ERR_INVALID). Skipped entries (index <= applied) get no callback. */
 int store_apply(store *s, const raft_entry *ents, size_t n, store_apply_fn cb, void *ctx)
 {
-	kv_batch b;
 	size_t first = 0;
-	size_t done = 0;
 	int rv;
 
 	if (s == NULL || s->kv == NULL || (n > 0 && ents == NULL) || s->kv->applying)
@@ -681,18 +739,8 @@ int store_apply(store *s, const raft_entry *ents, size_t n, store_apply_fn cb, v
 		rv = kv_reserve(s, n);
 	if (rv != STORE_OK)
 		return rv;
-	b = (kv_batch){.s = s, .kv = s->kv};
 	s->kv->applying = true;
-	rv = kv_apply_txn(s, ents, n, &b, &done);
-	if (rv == STORE_OK) {
-		s->applied_index = ents[n - 1].index;
-		s->applied_term = ents[n - 1].term;
-		s->kv->n_sessions = b.n_sessions;
-		s->kv->n_sessions_at = s->applied_index;
-		for (size_t i = 0; cb != NULL && i < n; i++)
-			cb(ctx, &s->kv->out[i].res);
-	}
-	kv_outcomes_free(s->kv, done);
+	rv = kv_apply_all(s, ents, n, cb, ctx);
 	s->kv->applying = false;
 	return rv;
 }

@@ -23,6 +23,7 @@ struct store_log {
 	sqlite3_stmt *delete_all;   /* every row (a snapshot replaced the log) */
 	sqlite3_stmt *save_hard;    /* hard_state = (?1, ?2, ?3) */
 	sqlite3_stmt *save_trunc;   /* apply_state truncated index, term = ?1, ?2 */
+	uint64_t term_reads;        /* terms read from SQLite (cache misses), for tests */
 	uint64_t ring_lo;
 	uint64_t ring[LOG_TERM_RING];
 };
@@ -55,15 +56,24 @@ static void ring_put(struct store_log *l, uint64_t index, uint64_t term)
 	l->ring[index & (LOG_TERM_RING - 1)] = term;
 }
 
-/* Drops cached terms that fall out of the window below last. */
+/* The lowest index the cache can hold: the last LOG_TERM_RING entries above the truncated
+ * index. */
+static uint64_t ring_floor(const store *s)
+{
+	uint64_t lo = s->truncated_index + 1;
+
+	if (s->last_index >= LOG_TERM_RING && s->last_index - LOG_TERM_RING + 1 > lo)
+		lo = s->last_index - LOG_TERM_RING + 1;
+	return lo;
+}
+
+/* Drops cached terms that fall out of the window below last or below the truncated index. */
 static void ring_trim(store *s)
 {
-	struct store_log *l = s->log;
+	uint64_t lo = ring_floor(s);
 
-	if (s->last_index >= LOG_TERM_RING && l->ring_lo < s->last_index - LOG_TERM_RING + 1)
-		l->ring_lo = s->last_index - LOG_TERM_RING + 1;
-	if (l->ring_lo <= s->truncated_index)
-		l->ring_lo = s->truncated_index + 1;
+	if (s->log->ring_lo < lo)
+		s->log->ring_lo = lo;
 }
 
 /* Reads the term of entry i (truncated < i <= last) from SQLite. */
@@ -72,6 +82,7 @@ static int log_read_term(store *s, uint64_t i, uint64_t *term)
 	sqlite3_stmt *stmt = s->log->select_term;
 	int rc;
 
+	s->log->term_reads++;
 	bind_u64(stmt, 1, i);
 	rc = sqlite3_step(stmt);
 	if (rc == SQLITE_ROW)
@@ -83,6 +94,11 @@ static int log_read_term(store *s, uint64_t i, uint64_t *term)
 	if (rc != SQLITE_ROW)
 		return store_sqlite_error(s, rc, "read term");
 	return STORE_OK;
+}
+
+uint64_t store_log_term_reads(store *s)
+{
+	return s != NULL && s->log != NULL ? s->log->term_reads : 0;
 }
 
 /* Term of entry i for truncated <= i <= last, from the caches when possible. */
@@ -420,21 +436,23 @@ static int load_bounds(store *s, sqlite3_stmt *stmt)
 	return STORE_OK;
 }
 
-/* Fills the term cache with the last LOG_TERM_RING terms. */
+/* Fills the term cache with the terms of the last LOG_TERM_RING entries (fewer when the log
+ * is shorter), so term() after a reopen answers from memory like before it. */
 static int load_ring(store *s)
 {
 	struct store_log *l = s->log;
 	sqlite3_stmt *stmt = NULL;
-	uint64_t next;
+	uint64_t next = ring_floor(s);
 	int rc;
 
 	l->ring_lo = s->last_index + 1;
-	ring_trim(s);
-	next = l->ring_lo;
-	rc = sqlite3_prepare_v2(
-	    s->db, "SELECT idx, term FROM raft_log WHERE idx >= ?1 ORDER BY idx", -1, &stmt, NULL);
+	rc = sqlite3_prepare_v2(s->db,
+	                        "SELECT idx, term FROM raft_log WHERE idx >= ?1 AND idx <= ?2 "
+	                        "ORDER BY idx",
+	                        -1, &stmt, NULL);
 	if (rc == SQLITE_OK) {
 		bind_u64(stmt, 1, next);
+		bind_u64(stmt, 2, s->last_index);
 		while ((rc = sqlite3_step(stmt)) == SQLITE_ROW && column_u64(stmt, 0) == next)
 			ring_put(l, next++, column_u64(stmt, 1));
 	}
@@ -444,6 +462,7 @@ static int load_ring(store *s)
 	if (next != s->last_index + 1)
 		return store_error(s, STORE_ERR_CORRUPT, "log row %llu is missing",
 		                   (unsigned long long)next);
+	l->ring_lo = ring_floor(s);
 	return STORE_OK;
 }
 
@@ -505,17 +524,29 @@ static int persist_check(store *s, const raft_ready *rd, uint64_t base_trunc, ui
 	return STORE_OK;
 }
 
+/* Checks rd's snapshot before anything is written, so that a Ready the store cannot install
+ * is STORE_ERR_INVALID with the store healthy rather than a failed transaction. */
 static int persist_check_snapshot(store *s, const raft_snapshot *snap)
 {
-	if (snap->metadata.index == UINT64_MAX ||
-	    snap->metadata.conf_state.n_voters > RAFT_MAX_VOTERS)
+	const raft_snapshot_metadata *m = &snap->metadata;
+	store_snapshot_id id;
+
+	if (m->index == UINT64_MAX || m->conf_state.n_voters > RAFT_MAX_VOTERS)
 		return store_error(s, STORE_ERR_INVALID, "persist: bad snapshot metadata");
-	if (snap->metadata.index <= s->truncated_index)
-		return store_error(
-		    s, STORE_ERR_INVALID,
-		    "persist: snapshot at %llu is not above the truncated index %llu",
-		    (unsigned long long)snap->metadata.index,
-		    (unsigned long long)s->truncated_index);
+	if (store_snapshot_id_decode(snap->data, snap->len, &id) != STORE_OK ||
+	    id.index != m->index || id.term != m->term)
+		return store_error(s, STORE_ERR_INVALID,
+		                   "persist: snapshot data is not the id of %llu/%llu",
+		                   (unsigned long long)m->index, (unsigned long long)m->term);
+	if (m->index <= s->applied_index || m->index <= s->truncated_index)
+		return store_error(s, STORE_ERR_INVALID,
+		                   "persist: snapshot at %llu is not above the applied index %llu",
+		                   (unsigned long long)m->index,
+		                   (unsigned long long)s->applied_index);
+	if (!store_snap_is_ready(s, &id))
+		return store_error(s, STORE_ERR_INVALID,
+		                   "persist: no finished staging for snapshot %llu/%llu",
+		                   (unsigned long long)m->index, (unsigned long long)m->term);
 	return STORE_OK;
 }
 
@@ -688,9 +719,11 @@ static int compact_chunk(store *s, uint64_t upto)
 	return STORE_OK;
 }
 
+/* One chunk per call: the caller's thread is held for one transaction of at most chunk rows. */
 int store_compact(store *s, uint64_t index, size_t chunk, bool *more)
 {
-	int rv = STORE_OK;
+	uint64_t upto = index;
+	int rv;
 
 	if (more != NULL)
 		*more = false;
@@ -709,12 +742,10 @@ int store_compact(store *s, uint64_t index, size_t chunk, bool *more)
 		                   (unsigned long long)s->last_index);
 	if (chunk == 0)
 		chunk = LOG_DEFAULT_CHUNK;
-	while (rv == STORE_OK && s->truncated_index < index) {
-		uint64_t upto = index;
-
-		if (index - s->truncated_index > chunk)
-			upto = s->truncated_index + chunk;
-		rv = compact_chunk(s, upto);
-	}
+	if (index - s->truncated_index > chunk)
+		upto = s->truncated_index + chunk;
+	rv = compact_chunk(s, upto);
+	if (rv == STORE_OK && more != NULL)
+		*more = s->truncated_index < index;
 	return rv;
 }

@@ -13,6 +13,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "store/command.h"
 #include "store/store_internal.h"
 
 /*
@@ -30,8 +31,11 @@
  *   trailer  u8 SNAP_TAG_END | u64 number of records | u32 CRC-32C of every byte before it
  *
  * A reader checks the magic, version, flags, conf state, every tag and length (no length passes
- * the end of the file), the per-table value sizes, the record count, the CRC, and that the
- * file ends right after the trailer.
+ * the end of the file), the record sizes (kv keys of 1..COMMAND_MAX_KEY bytes and values of at
+ * most COMMAND_MAX_VALUE, as the state machine makes them; session records of exactly 8 + 24
+ * bytes; result records of 16 + 9 bytes plus a value of at most COMMAND_MAX_VALUE when
+ * has_value is 1, none when it is 0), the record count, the CRC, and that the file ends right
+ * after the trailer. The sizes are checked before anything is allocated for the record.
  *
  * Files, all in the snapshot directory (ids in decimal, the nonce in 16 hex digits):
  *   snap-<node>-<index>-<term>-<nonce>            a finished snapshot made by store <node>
@@ -107,7 +111,6 @@ struct snap_report {
  * id and len is its length: every byte below len is on disk (fsynced) at its offset. */
 struct snap_staging {
 	bool active;
-	bool finished; /* the whole file passed verification */
 	store_snapshot_id id;
 	int fd;
 	uint64_t len;
@@ -123,6 +126,11 @@ struct store_snap {
 	struct snap_meta latest; /* since it was opened */
 	uint64_t nonce_state;
 	struct snap_staging stg;
+	/* has_finished: the staging of `finished` passed store_staging_finish since open and its
+	 * file is kept until it is installed, discarded, or superseded by the applied index; a
+	 * Ready may name it. At most one at a time. */
+	bool has_finished;
+	store_snapshot_id finished;
 	sqlite3_stmt *stmt[SNAP_N_STMT];
 
 	/* Shared with the dump thread. */
@@ -430,9 +438,16 @@ static const char *snap_dir(store *s)
 
 /* ---- snapshot ids ------------------------------------------------------------------------ */
 
-/* out receives 32 bytes: node_id, index, term, nonce, each u64 LE. id and out are borrowed. */
+/* out receives 32 bytes: node_id, index, term, nonce, each u64 LE. id and out are borrowed. A
+ * NULL id writes 32 zero bytes (node id 0, which decode refuses); a NULL out writes nothing. */
 void store_snapshot_id_encode(const store_snapshot_id *id, unsigned char out[32])
 {
+	if (out == NULL)
+		return;
+	if (id == NULL) {
+		memset(out, 0, STORE_SNAPSHOT_ID_SIZE);
+		return;
+	}
 	snap_put_u64(out, id->node_id);
 	snap_put_u64(out + 8, id->index);
 	snap_put_u64(out + 16, id->term);
@@ -733,20 +748,53 @@ static int snap_reader_reserve(struct snap_reader *r, size_t n)
 	return STORE_OK;
 }
 
-static bool snap_record_valid(const struct snap_record *rec)
+/* Whether a record of tag (a known one) may have a key of n bytes. */
+static bool snap_key_len_ok(unsigned char tag, size_t n)
 {
-	switch (rec->tag) {
+	switch (tag) {
 	case SNAP_TAG_KV:
-		return true;
+		return n >= 1 && n <= COMMAND_MAX_KEY;
 	case SNAP_TAG_SESSION:
-		return rec->key_len == 8 && rec->value_len == 24;
-	case SNAP_TAG_RESULT:
-		if (rec->key_len != 16 || rec->value_len < 9 || rec->value[8] > 1)
-			return false;
-		return rec->value[8] == 1 || rec->value_len == 9;
+		return n == 8;
 	default:
-		return false;
+		return n == 16;
 	}
+}
+
+/* Whether a record of tag (a known one) may have a value of n bytes. */
+static bool snap_value_len_ok(unsigned char tag, size_t n)
+{
+	switch (tag) {
+	case SNAP_TAG_KV:
+		return n <= COMMAND_MAX_VALUE;
+	case SNAP_TAG_SESSION:
+		return n == 24;
+	default:
+		return n >= 9 && n - 9 <= COMMAND_MAX_VALUE;
+	}
+}
+
+/* Reads a length, checks it for the tag's key (or value), and reads that many bytes into the
+ * record buffer at off. */
+static int snap_reader_part(struct snap_reader *r, unsigned char tag, bool key, size_t off,
+                            size_t *len)
+{
+	int rv = snap_reader_len(r, len);
+
+	if (rv == STORE_OK && !(key ? snap_key_len_ok(tag, *len) : snap_value_len_ok(tag, *len)))
+		rv = snap_reader_corrupt(r, key ? "record key of a bad size"
+		                                : "record value of a bad size");
+	if (rv == STORE_OK)
+		rv = snap_reader_reserve(r, off + *len);
+	if (rv == STORE_OK)
+		rv = snap_reader_get(r, r->rec + off, *len);
+	return rv;
+}
+
+/* A result record's has_value byte is 0 (no value bytes) or 1. */
+static bool snap_result_valid(const struct snap_record *rec)
+{
+	return rec->value[8] == 1 || (rec->value[8] == 0 && rec->value_len == 9);
 }
 
 /* Reads the next record into *rec. Returns 1 for a record, 0 at the (verified) end of the
@@ -762,25 +810,17 @@ static int snap_reader_next(struct snap_reader *r, struct snap_record *rec)
 	    rec->tag != SNAP_TAG_RESULT)
 		rv = snap_reader_corrupt(r, "unknown record tag");
 	if (rv == STORE_OK)
-		rv = snap_reader_len(r, &klen);
+		rv = snap_reader_part(r, rec->tag, true, 0, &klen);
 	if (rv == STORE_OK)
-		rv = snap_reader_reserve(r, klen);
-	if (rv == STORE_OK)
-		rv = snap_reader_get(r, r->rec, klen);
-	if (rv == STORE_OK)
-		rv = snap_reader_len(r, &vlen);
-	if (rv == STORE_OK)
-		rv = snap_reader_reserve(r, klen + vlen);
-	if (rv == STORE_OK)
-		rv = snap_reader_get(r, r->rec + klen, vlen);
+		rv = snap_reader_part(r, rec->tag, false, klen, &vlen);
 	if (rv != STORE_OK)
 		return rv;
 	rec->key = r->rec;
 	rec->key_len = klen;
 	rec->value = r->rec + klen;
 	rec->value_len = vlen;
-	if (!snap_record_valid(rec))
-		return snap_reader_corrupt(r, "malformed session record");
+	if (rec->tag == SNAP_TAG_RESULT && !snap_result_valid(rec))
+		return snap_reader_corrupt(r, "malformed session result record");
 	r->records++;
 	return 1;
 }
@@ -1209,7 +1249,8 @@ static int snap_fill(store *s, raft_snapshot *out)
  * Returns the newest snapshot this store finished if its index is at or above the truncated
  * index (the log holds every entry after it, so a follower can continue from it), even when
  * applied has moved on: a busy node would otherwise never have a snapshot that is current.
- * out is untouched on error; on STORE_OK out->data is the caller's.
+ * Refused without a fail-stop while the membership is empty: a follower ignores a snapshot
+ * that does not name it. out is untouched on error; on STORE_OK out->data is the caller's.
  */
 int store_snapshot_request(store *s, raft_snapshot *out)
 {
@@ -1221,6 +1262,9 @@ int store_snapshot_request(store *s, raft_snapshot *out)
 		return store_error(s, STORE_ERR_INVALID, "snapshot request: NULL out");
 	if (s->failed != STORE_OK)
 		return STORE_ERR_FAILED;
+	if (s->conf_state.n_voters == 0)
+		return store_error(s, STORE_ERR_INVALID,
+		                   "membership not recorded: call store_set_conf_state");
 	rv = snap_collect(s);
 	if (rv != STORE_OK)
 		return rv;
@@ -1229,6 +1273,17 @@ int store_snapshot_request(store *s, raft_snapshot *out)
 	if (!s->snap->thread_live)
 		rv = snap_dump_start(s);
 	return rv != STORE_OK ? rv : SNAP_TEMP_UNAVAIL;
+}
+
+/* Takes the report of a dump that has ended (which may fail-stop the store, as the next
+ * request would) and returns the index of the latest snapshot, if any. */
+uint64_t store_snapshot_latest_index(store *s)
+{
+	if (s == NULL || s->snap == NULL)
+		return 0;
+	if (s->failed == STORE_OK)
+		snap_collect(s);
+	return s->snap->has_latest ? s->snap->latest.id.index : 0;
 }
 
 bool store_snap_dump_running(store *s)
@@ -1254,7 +1309,7 @@ int store_set_snapshot_dir(store *s, const char *dir)
 	sn = s->snap;
 	if (dir == NULL || dir[0] == '\0')
 		return store_error(s, STORE_ERR_INVALID, "snapshot dir: empty");
-	if (sn->thread_live || sn->stg.active)
+	if (sn->thread_live || sn->stg.active || sn->has_finished)
 		return store_error(s, STORE_ERR_INVALID,
 		                   "snapshot dir: in use by a dump or staging");
 	copy = strdup(dir);
@@ -1361,6 +1416,34 @@ static void snap_staging_close(struct snap_staging *g)
 	g->fd = -1;
 }
 
+/* Whether id's staging passed finish and is kept for a Ready that may name it. */
+static bool snap_staging_is_finished(const struct store_snap *sn, const store_snapshot_id *id)
+{
+	return sn->has_finished && snap_id_equal(&sn->finished, id);
+}
+
+/* Whether a finished staging other than id's may still be named by a Ready: its index is above
+ * the applied index, so it was neither installed nor superseded. */
+static bool snap_staging_pending_other(const store *s, const store_snapshot_id *id)
+{
+	const struct store_snap *sn = s->snap;
+
+	return sn->has_finished && !snap_id_equal(&sn->finished, id) &&
+	       sn->finished.index > s->applied_index;
+}
+
+/* Refuses an operation that would drop or replace the pending finished staging. */
+static int snap_staging_refuse(store *s, const char *op)
+{
+	const store_snapshot_id *f = &s->snap->finished;
+
+	return store_error(s, STORE_ERR_INVALID,
+	                   "staging %s: snapshot %" PRIu64 "-%" PRIu64 "-%" PRIu64 "-%016" PRIx64
+	                   " is finished but not installed (applied index %" PRIu64
+	                   "); install it or store_staging_discard it first",
+	                   op, f->node_id, f->index, f->term, f->nonce, s->applied_index);
+}
+
 static int snap_staging_check(store *s, const store_snapshot_id *id)
 {
 	if (s == NULL || s->snap == NULL)
@@ -1442,6 +1525,8 @@ static void snap_staging_drop_others(store *s, const store_snapshot_id *keep)
 
 	if (g->active && !snap_id_equal(&g->id, keep))
 		snap_staging_close(g);
+	if (s->snap->has_finished && !snap_id_equal(&s->snap->finished, keep))
+		s->snap->has_finished = false;
 	plen = (size_t)snprintf(prefix, sizeof(prefix), "staging-%" PRIu64 ".", s->opt.node_id);
 	d = opendir(dir);
 	if (d == NULL)
@@ -1466,10 +1551,12 @@ static void snap_staging_drop_others(store *s, const store_snapshot_id *keep)
 }
 
 /*
- * Starts (or resumes, for the same id) staging id. Any other staging of this store is deleted,
- * whatever its id: a newer snapshot supersedes an older one, and which transfer to take is the
- * transfer layer's decision (it sees the terms), so an older id is not refused either: a
- * refusal could leave the receiver stuck behind a staging whose sender is gone.
+ * Starts (or resumes, for the same id) staging id. Any other unfinished staging of this store
+ * is deleted, whatever its id: a newer snapshot supersedes an older one, and which transfer to
+ * take is the transfer layer's decision (it sees the terms), so an older id is not refused
+ * either: a refusal could leave the receiver stuck behind a staging whose sender is gone. A
+ * finished staging above the applied index is not deleted (a Ready may name it): that is
+ * STORE_ERR_INVALID until it is installed or discarded.
  */
 int store_staging_begin(store *s, const store_snapshot_id *id)
 {
@@ -1477,6 +1564,8 @@ int store_staging_begin(store *s, const store_snapshot_id *id)
 
 	if (rv != STORE_OK)
 		return rv;
+	if (snap_staging_pending_other(s, id))
+		return snap_staging_refuse(s, "begin");
 	snap_staging_drop_others(s, id);
 	return snap_staging_attach(s, id, true);
 }
@@ -1507,7 +1596,7 @@ int store_staging_write(store *s, const store_snapshot_id *id, uint64_t offset, 
 		                   offset, g->len);
 	if (offset + len <= g->len)
 		return STORE_OK;
-	if (g->finished)
+	if (snap_staging_is_finished(s->snap, id))
 		return store_error(s, STORE_ERR_INVALID, "staging write past a finished snapshot");
 	skip = g->len - offset;
 	e = snap_pwrite_all(g->fd, (const unsigned char *)buf + skip, len - skip, g->len);
@@ -1529,14 +1618,28 @@ uint64_t store_staging_offset(store *s, const store_snapshot_id *id)
 	return s->snap->stg.len;
 }
 
-/* Verifies the whole staged file: format, checksum, and that it is snapshot id. A failure is
- * STORE_ERR_CORRUPT (not a store failure; the caller discards and fetches again). */
+/* Records the outcome of verifying id's staging. */
+static void snap_staging_mark(struct store_snap *sn, const store_snapshot_id *id, bool ok)
+{
+	if (ok) {
+		sn->has_finished = true;
+		sn->finished = *id;
+	} else if (snap_staging_is_finished(sn, id)) {
+		sn->has_finished = false;
+	}
+}
+
+/* Verifies the whole staged file: format, record sizes, checksum, and that it is snapshot id.
+ * A failure is STORE_ERR_CORRUPT (not a store failure; the caller discards and fetches again).
+ * Refused (STORE_ERR_INVALID) while another finished staging is pending, as in begin. */
 int store_staging_finish(store *s, const store_snapshot_id *id)
 {
 	const char *what = NULL;
 	char *path;
 	int rv = snap_staging_check(s, id);
 
+	if (rv == STORE_OK && snap_staging_pending_other(s, id))
+		rv = snap_staging_refuse(s, "finish");
 	if (rv == STORE_OK)
 		rv = snap_staging_attach(s, id, false);
 	if (rv != STORE_OK)
@@ -1549,8 +1652,7 @@ int store_staging_finish(store *s, const store_snapshot_id *id)
 		snap_note(s, rv, "staged snapshot %s: %s", path, what);
 	else if (rv != STORE_OK)
 		store_error(s, rv, "staged snapshot %s: %s", path, what);
-	else
-		s->snap->stg.finished = true;
+	snap_staging_mark(s->snap, id, rv == STORE_OK);
 	free(path);
 	return rv;
 }
@@ -1567,11 +1669,36 @@ void store_staging_discard(store *s, const store_snapshot_id *id)
 	g = &s->snap->stg;
 	if (g->active && snap_id_equal(&g->id, id))
 		snap_staging_close(g);
+	snap_staging_mark(s->snap, id, false);
 	dir = snap_dir(s);
 	path = dir != NULL ? snap_staging_path(dir, s->opt.node_id, id) : NULL;
 	if (path != NULL)
 		unlink(path);
 	free(path);
+}
+
+/* Mirrors snap_install_source: a staging file of id is used if it exists, so it must be the
+ * finished one; otherwise only a finished snapshot file of this store's own will do. */
+bool store_snap_is_ready(store *s, const store_snapshot_id *id)
+{
+	const char *dir;
+	char *path;
+	bool staged, ok;
+
+	if (s == NULL || s->snap == NULL || id == NULL || id->node_id == 0)
+		return false;
+	dir = snap_dir(s);
+	path = dir != NULL ? snap_staging_path(dir, s->opt.node_id, id) : NULL;
+	staged = path != NULL && access(path, F_OK) == 0;
+	free(path);
+	if (staged)
+		return snap_staging_is_finished(s->snap, id);
+	if (dir == NULL || id->node_id != s->opt.node_id)
+		return false;
+	path = snap_file_path(dir, id, "");
+	ok = path != NULL && access(path, F_OK) == 0;
+	free(path);
+	return ok;
 }
 
 /* ---- install ----------------------------------------------------------------------------- */

@@ -257,6 +257,62 @@ int store_conf_decode(const void *buf, size_t len, raft_conf_state *cs)
 	return STORE_OK;
 }
 
+/* Ids must be non-zero and strictly increasing, as raft requires of a snapshot's. */
+static bool conf_valid(const raft_conf_state *cs)
+{
+	if (cs->n_voters > RAFT_MAX_VOTERS)
+		return false;
+	for (size_t k = 0; k < cs->n_voters; k++)
+		if (cs->voters[k] == 0 || (k > 0 && cs->voters[k] <= cs->voters[k - 1]))
+			return false;
+	return true;
+}
+
+/* Writes the encoded conf state (borrowed) in its own synced transaction. */
+static int conf_save(store *s, const unsigned char *buf, size_t len)
+{
+	sqlite3_stmt *stmt = NULL;
+	int rv = store_prepare(s, "UPDATE apply_state SET conf_state = ?1 WHERE id = 1", &stmt);
+
+	if (rv == STORE_OK)
+		rv = store_begin(s, true);
+	if (rv == STORE_OK) {
+		sqlite3_bind_blob(stmt, 1, buf, (int)len, SQLITE_STATIC);
+		rv = stmt_run(s, stmt, "save conf state");
+	}
+	if (rv == STORE_OK)
+		rv = store_commit(s);
+	if (rv != STORE_OK)
+		store_rollback(s);
+	sqlite3_finalize(stmt);
+	return rv;
+}
+
+/* cs: borrowed. The cache follows only once the commit succeeded. */
+int store_set_conf_state(store *s, const raft_conf_state *cs)
+{
+	unsigned char buf[1 + 8 * RAFT_MAX_VOTERS];
+	raft_conf_state copy;
+	int rv;
+
+	if (s == NULL)
+		return STORE_ERR_INVALID;
+	if (s->failed != STORE_OK)
+		return STORE_ERR_FAILED;
+	if (cs == NULL || !conf_valid(cs))
+		return store_error(s, STORE_ERR_INVALID,
+		                   "conf state: at most %d ids, non-zero, strictly increasing",
+		                   RAFT_MAX_VOTERS);
+	rv = conf_save(s, buf, store_conf_encode(cs, buf, sizeof(buf)));
+	if (rv != STORE_OK)
+		return rv;
+	memset(&copy, 0, sizeof(copy));
+	copy.n_voters = cs->n_voters;
+	memcpy(copy.voters, cs->voters, cs->n_voters * sizeof(cs->voters[0]));
+	s->conf_state = copy;
+	return STORE_OK;
+}
+
 /* ---- files ---- */
 
 /* Returns a malloc'd a + b, or NULL. */

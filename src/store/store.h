@@ -48,7 +48,7 @@ const char *store_strerror(int rv);
 typedef enum store_sync {
 	STORE_SYNC_FULL = 0,   /* fsync at every commit: survives power loss (the default) */
 	STORE_SYNC_NORMAL = 1, /* WAL fsync at checkpoint only: survives a process crash; a power
-	                          loss may lose the last commits, which acknowledged writes are */
+	                          loss may lose the last commits, acknowledged ones included */
 	STORE_SYNC_OFF = 2,    /* no fsync at all: a benchmark mode; an OS crash can lose or
 	                          corrupt anything */
 } store_sync;
@@ -76,8 +76,9 @@ typedef struct store store;
 /*
  * Opens path, creating it if it does not exist. A new file is built as path + ".tmp", synced
  * and renamed into place, so a crash never leaves an empty or half-built database. An existing
- * file is checked (application id, schema version, cluster id, node id, and a quick integrity
- * check) and refused without being written to: STORE_ERR_NOT_OURS, STORE_ERR_VERSION,
+ * file is checked (application id, schema version, cluster id, node id, and PRAGMA quick_check,
+ * which reads every page: opening costs time in the file's size) and refused without being
+ * written to: STORE_ERR_NOT_OURS, STORE_ERR_VERSION,
  * STORE_ERR_WRONG_NODE or STORE_ERR_CORRUPT. On STORE_OK *out is owned by the caller (release
  * with store_close()). On error *out is NULL and errmsg (may be NULL) receives the reason, a
  * NUL-terminated message of at most errmsg_len bytes.
@@ -101,10 +102,14 @@ int store_failed(store *s);
 const raft_storage *store_raft_storage(store *s);
 
 /*
- * Persists rd in one transaction: the snapshot if rd->has_snapshot (its data is a snapshot id
- * whose staging must be complete, see store_staging_*), then entries (deleting any conflicting
- * suffix first), then the hard state. Commits once, with an fsync when rd->must_sync under
- * STORE_SYNC_FULL. rd is borrowed.
+ * Persists rd in one transaction: the snapshot if rd->has_snapshot, then entries (deleting any
+ * conflicting suffix first), then the hard state. Commits once; under STORE_SYNC_FULL with an
+ * fsync when rd->must_sync or rd carries entries or a snapshot (a commit-only hard state skips
+ * it). rd is borrowed.
+ * A snapshot's data must be the encoded id of that snapshot (same index and term), its index
+ * above the applied index, and its file ready to install: this store's staging of it passed
+ * store_staging_finish, or it is a snapshot this store made. A Ready that breaks this, or holds
+ * malformed entries or a gap, is STORE_ERR_INVALID with nothing written and the store healthy.
  */
 int store_persist_ready(store *s, const raft_ready *rd);
 
@@ -126,7 +131,11 @@ enum {
 enum {
 	STORE_RESULT_OK = 0,
 	STORE_RESULT_NOT_FOUND = 1,       /* GET/DELETE of a missing key */
-	STORE_RESULT_SESSION_EXPIRED = 2, /* the session is gone; the command was not applied */
+	STORE_RESULT_SESSION_EXPIRED = 2, /* not applied by this command: the session, or this
+	                                     request's recorded result, is gone (expired, evicted,
+	                                     below the low watermark, or pushed out of the
+	                                     COMMAND_MAX_INFLIGHT window); whether an earlier copy
+	                                     of the request was applied is unknown */
 	STORE_RESULT_INVALID = 3,         /* malformed command; rejected on every replica alike */
 };
 
@@ -143,17 +152,25 @@ typedef struct store_result {
 	size_t value_len;
 } store_result;
 
-/* Called once per applied entry, in log order, after the apply transaction committed. */
+/* Called once per applied entry, in log order, after the transaction that applied it
+ * committed. */
 typedef void (*store_apply_fn)(void *ctx, const store_result *res);
 
 /*
- * Applies committed entries (borrowed) in one transaction: kv rows, sessions, and the applied
- * index and term. Entries at or below the stored applied index are skipped, so a replay after a
- * crash never applies anything twice. Under STORE_SYNC_FULL the commit skips its fsync: the
- * durable log replays anything lost, and WAL ordering keeps data and applied index together.
- * cb may be NULL; it must not call store_apply (STORE_ERR_INVALID). Skipped entries get no
- * callback. A gap after the applied index is STORE_ERR_INVALID without a fail-stop. An APPEND
- * whose result would exceed COMMAND_MAX_VALUE gives STORE_RESULT_INVALID and changes nothing.
+ * Applies committed entries (borrowed): kv rows, sessions, and the applied index and term.
+ * Entries at or below the stored applied index are skipped, so a replay after a crash never
+ * applies anything twice. The batch commits in one transaction, or in several when the values
+ * held for the callbacks (GET results) pass a few MiB, so memory stays bounded whatever the
+ * batch: each transaction covers a run of consecutive entries and stores the applied index of
+ * its last one, atomically, and its callbacks run right after its commit, before the next
+ * transaction begins. Under STORE_SYNC_FULL the commits skip their fsync: the durable log
+ * replays anything lost, and WAL ordering keeps data and applied index together.
+ * cb may be NULL; it must not call store_apply (STORE_ERR_INVALID). If it moves the applied
+ * index itself (a snapshot install), the rest of the batch is STORE_ERR_INVALID. Skipped
+ * entries get no callback. A gap after the applied index is STORE_ERR_INVALID without a
+ * fail-stop. On an error, transactions committed before it stay, with their callbacks made;
+ * store_applied_index() tells how far the batch got. An APPEND whose result would exceed
+ * COMMAND_MAX_VALUE gives STORE_RESULT_INVALID and changes nothing.
  */
 int store_apply(store *s, const raft_entry *ents, size_t n, store_apply_fn cb, void *ctx);
 
@@ -183,21 +200,26 @@ int store_scan(store *s, const void *start, size_t start_len, const void *end, s
  * Deletes log rows up to and including index, at most `chunk` rows (0: default 10,000) in one
  * transaction per call, and records the truncated index and term in the same transaction.
  * *more (may be NULL) is set when rows up to index remain: the caller calls again later, so a
- * large GC never stalls the write path for long. Refuses (STORE_ERR_INVALID) to pass the
- * applied index; RAFT_ERR_COMPACTED if index is at or below the truncated index.
+ * large GC never stalls the write path for long. The commit skips its fsync (a crash can only
+ * bring back rows that are still valid). Refuses (STORE_ERR_INVALID) to pass the applied or the
+ * last index; RAFT_ERR_COMPACTED if index is at or below the truncated index. Neither
+ * fail-stops.
  */
 int store_compact(store *s, uint64_t index, size_t chunk, bool *more);
 
 /*
- * Records the cluster's membership (apply_state.conf_state) in its own synced transaction.
- * Called once when a cluster is created, since membership is fixed in this version; snapshots
- * carry it to followers, which ignore a snapshot that does not name them.
+ * Records the cluster's membership (apply_state.conf_state) in its own synced transaction;
+ * initial_state() reports it from then on. Called once when a cluster is created, since
+ * membership is fixed in this version; snapshots carry it to followers, which ignore a snapshot
+ * that does not name them. cs is borrowed; at most RAFT_MAX_VOTERS ids, non-zero and strictly
+ * increasing, else STORE_ERR_INVALID (no fail-stop).
  */
 int store_set_conf_state(store *s, const raft_conf_state *cs);
 
-/* Runs a WAL checkpoint if the WAL passed the configured limit and no snapshot dump holds a
- * read transaction. SQLite's autocheckpoint is off: the WAL stays bounded only if the node
- * calls this between Readies. */
+/* Checkpoints the WAL by its size (wal_limit_pages): nothing below a quarter of the limit; a
+ * PASSIVE checkpoint above it; at the limit a TRUNCATE one, unless a snapshot dump holds a read
+ * transaction (then PASSIVE, and the WAL grows until the dump ends). SQLite's autocheckpoint is
+ * off: the WAL stays bounded only if the node calls this between Readies. */
 int store_maybe_checkpoint(store *s);
 
 /* ------------------------------------------------------------------------------------------ */
@@ -215,6 +237,8 @@ typedef struct store_snapshot_id {
 	uint64_t nonce;   /* distinguishes two snapshots of one node at one index (restarts) */
 } store_snapshot_id;
 #define STORE_SNAPSHOT_ID_SIZE 32
+/* A NULL id encodes as 32 zero bytes (node id 0, which decode refuses); a NULL out is a
+ * no-op. */
 void store_snapshot_id_encode(const store_snapshot_id *id, unsigned char out[32]);
 int store_snapshot_id_decode(const void *buf, size_t len, store_snapshot_id *id);
 
@@ -228,12 +252,16 @@ int store_set_snapshot_dir(store *s, const char *dir);
  * helper thread (if none runs) and returns RAFT_ERR_SNAPSHOT_TEMPORARILY_UNAVAILABLE. The dump
  * reads applied index, term and conf state and the kv and session tables inside one read
  * transaction on its own connection, writes `snap-<node>-<index>` with a checksum through a bounded
- * buffer, then ends the transaction.
+ * buffer, then ends the transaction. While no membership is recorded (conf state with no
+ * voters: store_set_conf_state() was never called and no snapshot was installed) it returns
+ * STORE_ERR_INVALID, without a fail-stop and without dumping: a follower ignores a snapshot
+ * whose membership does not name it.
  */
 int store_snapshot_request(store *s, raft_snapshot *out);
 
 /* Index of the newest snapshot finished since this store was opened, or 0. Log GC should not
- * compact past it while a follower may still need the entries after it. */
+ * compact past it while a follower may still need the entries after it. Takes the outcome of
+ * a dump that has ended, as store_snapshot_request() would (a failed dump fail-stops). */
 uint64_t store_snapshot_latest_index(store *s);
 
 /* Path (malloc'd, owned by the caller) and size of a finished snapshot file, for the sender. */
@@ -244,16 +272,22 @@ void store_snapshot_gc(store *s, const store_snapshot_id *keep, size_t n_keep);
 
 /*
  * Staging of a snapshot being received. One staging per store at a time: beginning any other
- * snapshot discards the current staging (the transfer layer decides which transfer wins). Chunks
- * are written durably (fsync) at their offset and must arrive in order; store_staging_offset()
- * tells where to resume after a restart.
+ * snapshot discards the current staging if it is unfinished (the transfer layer decides which
+ * transfer wins). A staging that passed store_staging_finish() is kept for the Ready that may
+ * name it: beginning or finishing another id is STORE_ERR_INVALID (no fail-stop) while the
+ * finished one is above the applied index, until it is installed (store_persist_ready) or
+ * dropped with store_staging_discard(); one at or below the applied index is superseded and
+ * deleted. "Finished" lasts while the store is open: after a restart call finish again. Chunks
+ * are written durably (fsync) at their offset and must arrive in order;
+ * store_staging_offset() tells where to resume after a restart.
  */
 int store_staging_begin(store *s, const store_snapshot_id *id);
 int store_staging_write(store *s, const store_snapshot_id *id, uint64_t offset, const void *buf,
                         size_t len);
 /* The staged length for id, or 0 if there is no staging for id. */
 uint64_t store_staging_offset(store *s, const store_snapshot_id *id);
-/* Verifies the complete staged file (checksum, metadata). STORE_ERR_CORRUPT if it fails. */
+/* Verifies the complete staged file (checksum, metadata, record sizes within the command
+ * limits). STORE_ERR_CORRUPT, without a fail-stop, if it fails. */
 int store_staging_finish(store *s, const store_snapshot_id *id);
 /* Drops the staging for id (raft ignored or superseded it). */
 void store_staging_discard(store *s, const store_snapshot_id *id);

@@ -101,8 +101,11 @@ int store_conf_decode(const void *buf, size_t len, raft_conf_state *cs);
 /* ---- log.c ---- */
 int store_log_init(store *s);
 void store_log_close(store *s);
-/* Loads the cached durable state (hard state, apply state, last index) from the database. */
+/* Loads the cached durable state (hard state, apply state, last index, recent terms) from the
+ * database. */
 int store_log_load(store *s);
+/* Terms term() had to read from SQLite since open (the term cache missed); for tests. */
+uint64_t store_log_term_reads(store *s);
 
 /* ---- kv.c ---- */
 int store_kv_init(store *s);
@@ -122,6 +125,13 @@ bool store_snap_dump_running(store *s);
 int store_snap_install_in_txn(store *s, const raft_snapshot *snap);
 /* After that transaction committed: removes the staging file and updates caches it owns. */
 void store_snap_installed(store *s, const raft_snapshot *snap);
+/*
+ * Whether store_snap_install_in_txn has a verified file for id (borrowed): a staging of id that
+ * passed store_staging_finish since the store was opened (and is still there), or, when there
+ * is no staging of id, a finished snapshot file this store made itself. Touches no file; for
+ * checking a Ready's snapshot before its transaction begins.
+ */
+bool store_snap_is_ready(store *s, const store_snapshot_id *id);
 
 /* ---- crc32c.c ---- */
 uint32_t store_crc32c(uint32_t crc, const void *buf, size_t len);
