@@ -451,7 +451,8 @@ static bool cm_invariants(const cm_state *m, char *why, size_t len)
 /* Files                                                                                      */
 /* ------------------------------------------------------------------------------------------ */
 
-/* A directory for the suite: $TMPDIR, else /dev/shm (fsync is free there), else /tmp. */
+/* A directory for the suite: $TMPDIR, else /dev/shm (fsync is free there), else /tmp. Its
+ * name carries the pid, so a cleanup of leftovers can spare the directories of live runs. */
 static bool cr_mkdtemp(char *dir, size_t len)
 {
 	const char *base = getenv("TMPDIR");
@@ -462,22 +463,8 @@ static bool cr_mkdtemp(char *dir, size_t len)
 		               access("/dev/shm", W_OK) == 0
 		           ? "/dev/shm"
 		           : "/tmp";
-	snprintf(dir, len, "%s/raftkv-crash-XXXXXX", base);
+	snprintf(dir, len, "%s/raftkv-crash-%ld-XXXXXX", base, (long)getpid());
 	return mkdtemp(dir) != NULL;
-}
-
-/* Whether dir vanished: removed from outside the process (a cleanup of /dev/shm while the
- * suite runs; nothing in the store or the suite removes it before the end). It is made again
- * so the loop goes on. */
-static bool cr_dir_lost(const char *dir)
-{
-	struct stat sb;
-
-	if (stat(dir, &sb) == 0)
-		return false;
-	printf("\nstore_crash: %s was removed from outside the test; made again\n", dir);
-	CU_ASSERT_FATAL(mkdir(dir, 0700) == 0 || errno == EEXIST);
-	return true;
 }
 
 /* Removes the files in dir whose names start with prefix ("" for all). */
@@ -1057,6 +1044,20 @@ static int cr_open(cr_run *r, char *err, size_t len)
 
 /* A fresh store in r->dir (files of an earlier run removed) with an empty model; vfs_seed
  * seeds the crash's choices. */
+/* Whether r->dir vanished: removed from outside the process (a cleanup of /dev/shm while the
+ * suite runs; nothing in the store or the suite removes it before the end). It is made again
+ * so the loop goes on. */
+static bool cr_dir_lost(const cr_run *r)
+{
+	struct stat sb;
+
+	if (stat(r->dir, &sb) == 0)
+		return false;
+	printf("\nstore_crash: %s was removed from outside the test; made again\n", r->dir);
+	CU_ASSERT_FATAL(mkdir(r->dir, 0700) == 0 || errno == EEXIST);
+	return true;
+}
+
 /* Creates the store in an empty r->dir. No fault is armed yet, so a failure means the files
  * were removed from outside while the store was being created: one more attempt. */
 static int cr_create(cr_run *r, uint64_t vfs_seed, char *err, size_t len)
@@ -1066,7 +1067,7 @@ static int cr_create(cr_run *r, uint64_t vfs_seed, char *err, size_t len)
 	for (int attempt = 0; attempt < 2; attempt++) {
 		if (attempt > 0)
 			printf("\nstore_crash: creating %s failed (%s); once more\n", r->path, err);
-		cr_dir_lost(r->dir);
+		cr_dir_lost(r);
 		cr_clean_dir(r->dir, "");
 		vfs_fault_reset(vfs_seed);
 		rv = cr_open(r, err, len);
@@ -1236,7 +1237,7 @@ static void cr_check_point(cr_run *r, cr_loop *l, const char *kind, uint64_t k)
 	l->points++;
 	if (ok)
 		return;
-	if (cr_dir_lost(r->dir)) {
+	if (cr_dir_lost(r)) {
 		l->lost++;
 		return;
 	}
@@ -1397,7 +1398,7 @@ static void cr_full_loop(cr_loop *l)
 		else if (!ok)
 			snprintf(why, sizeof(why), "wrong error, or no fail-stop");
 		vfs_fault_clear();
-		if (!ok && cr_dir_lost(r.dir)) {
+		if (!ok && cr_dir_lost(&r)) {
 			l->lost++;
 			continue;
 		}

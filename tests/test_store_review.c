@@ -376,24 +376,16 @@ static void test_conf_state_refused(void)
 	store_close(s);
 }
 
-/* End to end: A's snapshot, requested through raft_storage and staged on B, reaches a real
- * raft follower (node 2) over B, whose Ready installs it through store_persist_ready. */
-static void test_snapshot_reaches_raft_follower(void)
+/* Feeds snap to a raft follower (node 2 of {1, 2, 3}) over b, as leader 1's RAFT_MSG_SNAPSHOT
+ * in term 1, and persists the Ready it makes, which must carry the snapshot. */
+static void rv_follower_install(store *b, const raft_snapshot *snap)
 {
 	uint64_t peers[] = {1, 2, 3};
-	store_snapshot_id id;
-	raft_snapshot snap;
 	raft_rawnode *rn = NULL;
 	raft_config c;
 	raft_message m;
 	raft_ready rd;
-	raft_conf_state got;
-	rv_digest da, db;
-	store *a = rv_leader_with_snapshot(&snap, &id);
-	store *b = rv_open("b", 2);
 
-	CU_ASSERT(rv_conf_equal(&snap.metadata.conf_state, &rv_conf));
-	rv_stage(a, b, &id, UINT64_MAX);
 	raft_config_init(&c);
 	c.id = 2;
 	c.peers = peers;
@@ -405,17 +397,32 @@ static void test_snapshot_reaches_raft_follower(void)
 	m.from = 1;
 	m.to = 2;
 	m.term = 1;
-	m.commit = RV_KV_ENTRIES;
-	m.snapshot = snap;
+	m.commit = snap->metadata.index;
+	m.snapshot = *snap;
 	CU_ASSERT_EQUAL(raft_rawnode_step(rn, &m), RAFT_OK);
 	CU_ASSERT_FATAL(raft_rawnode_has_ready(rn));
 	CU_ASSERT_EQUAL_FATAL(raft_rawnode_ready(rn, &rd), RAFT_OK);
 	CU_ASSERT_FATAL(rd.has_snapshot);
-	CU_ASSERT_EQUAL(rd.snapshot.metadata.index, RV_KV_ENTRIES);
+	CU_ASSERT_EQUAL(rd.snapshot.metadata.index, snap->metadata.index);
 	CU_ASSERT_EQUAL(store_persist_ready(b, &rd), STORE_OK);
 	CU_ASSERT_EQUAL(raft_rawnode_advance(rn), RAFT_OK);
 	raft_rawnode_free(rn);
+}
 
+/* End to end: A's snapshot, requested through raft_storage and staged on B, reaches a real
+ * raft follower over B, whose Ready installs it through store_persist_ready. */
+static void test_snapshot_reaches_raft_follower(void)
+{
+	store_snapshot_id id;
+	raft_snapshot snap;
+	raft_conf_state got;
+	rv_digest da, db;
+	store *a = rv_leader_with_snapshot(&snap, &id);
+	store *b = rv_open("b", 2);
+
+	CU_ASSERT(rv_conf_equal(&snap.metadata.conf_state, &rv_conf));
+	rv_stage(a, b, &id, UINT64_MAX);
+	rv_follower_install(b, &snap);
 	CU_ASSERT_EQUAL(store_applied_index(b), RV_KV_ENTRIES);
 	da = rv_kv_digest(a);
 	db = rv_kv_digest(b);
