@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "fixture.h"
+#include "netsim.h"
 const uint64_t all_peers[RAFT_MAX_VOTERS] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16};
 
 void fx_init(fixture *fx)
@@ -117,4 +118,71 @@ raft_message msg(int type, uint64_t from, uint64_t to, uint64_t term)
 	m.to = to;
 	m.term = term;
 	return m;
+}
+
+/* Steps m (borrowed) and drains the resulting Readies. */
+int fx_step(fixture *fx, const raft_message *m)
+{
+	int rv = raft_rawnode_step(fx->rn, m);
+	fx_drain(fx);
+	return rv;
+}
+
+const raft_message *fx_find(const fixture *fx, int type, uint64_t to)
+{
+	for (size_t i = 0; i < fx->n_sent; i++)
+		if (fx->sent[i].type == type && fx->sent[i].to == to)
+			return &fx->sent[i];
+	return NULL;
+}
+
+size_t fx_count(const fixture *fx, int type)
+{
+	size_t n = 0;
+	for (size_t i = 0; i < fx->n_sent; i++)
+		n += fx->sent[i].type == type ? 1 : 0;
+	return n;
+}
+
+bool fx_sent_after_persist(const fixture *fx, const raft_message *m)
+{
+	return fx->sent_after_persist[m - fx->sent];
+}
+
+void fx_campaign(fixture *fx)
+{
+	CU_ASSERT_EQUAL(raft_rawnode_campaign(fx->rn), RAFT_OK);
+	fx_drain(fx);
+}
+
+/* Makes node 1 of n_peers leader: campaigns, then grants votes until it wins. */
+void fx_make_leader(fixture *fx)
+{
+	fx_campaign(fx);
+	raft_status st = fx_status(fx);
+	for (uint64_t from = 2; from <= st.n_peers && fx_status(fx).role != RAFT_LEADER; from++) {
+		raft_message m = msg(RAFT_MSG_REQUEST_VOTE_RESPONSE, from, st.id, st.term);
+		fx_step(fx, &m);
+	}
+	CU_ASSERT_EQUAL_FATAL(fx_status(fx).role, RAFT_LEADER);
+}
+
+void fx_tick(fixture *fx, int n)
+{
+	for (int i = 0; i < n; i++)
+		CU_ASSERT_EQUAL(raft_rawnode_tick(fx->rn), RAFT_OK);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Netsim helpers                                                                             */
+/* ------------------------------------------------------------------------------------------ */
+
+netsim *cluster(size_t n, uint64_t seed, bool pre_vote)
+{
+	netsim_options o;
+	memset(&o, 0, sizeof(o));
+	o.n = n;
+	o.seed = seed;
+	o.pre_vote = pre_vote;
+	return netsim_new(&o);
 }

@@ -6,6 +6,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "netsim.h"
 #include "raft.h"
 
 #define FX_MAX_SENT 512
@@ -34,5 +35,14 @@ void fx_drain(fixture *fx);
 void fx_free(fixture *fx);
 raft_status fx_status(fixture *fx);
 raft_message msg(int type, uint64_t from, uint64_t to, uint64_t term);
+
+int fx_step(fixture *fx, const raft_message *m);
+const raft_message *fx_find(const fixture *fx, int type, uint64_t to);
+size_t fx_count(const fixture *fx, int type);
+bool fx_sent_after_persist(const fixture *fx, const raft_message *m);
+void fx_campaign(fixture *fx);
+void fx_make_leader(fixture *fx);
+void fx_tick(fixture *fx, int n);
+netsim *cluster(size_t n, uint64_t seed, bool pre_vote);
 
 #endif
