@@ -45,4 +45,9 @@ void fx_make_leader(fixture *fx);
 void fx_tick(fixture *fx, int n);
 netsim *cluster(size_t n, uint64_t seed, bool pre_vote);
 
+uint64_t storage_last_index(raft_memory_storage *ms);
+uint64_t storage_term(raft_memory_storage *ms, uint64_t i);
+raft_peer_status peer_of(const raft_status *st, uint64_t id);
+void heartbeat(netsim *ns, uint64_t leader);
+
 #endif

@@ -43,39 +43,6 @@ static uint64_t tick_until_stable_leader(netsim *ns, size_t n, int max_ticks)
 	return 0;
 }
 
-static uint64_t storage_last_index(raft_memory_storage *ms)
-{
-	const raft_storage *s = raft_memory_storage_interface(ms);
-	uint64_t last = 0;
-	CU_ASSERT_EQUAL(s->last_index(s->ctx, &last), RAFT_OK);
-	return last;
-}
-
-static uint64_t storage_term(raft_memory_storage *ms, uint64_t i)
-{
-	const raft_storage *s = raft_memory_storage_interface(ms);
-	uint64_t term = 0;
-	CU_ASSERT_EQUAL(s->term(s->ctx, i, &term), RAFT_OK);
-	return term;
-}
-
-static raft_peer_status peer_of(const raft_status *st, uint64_t id)
-{
-	raft_peer_status none;
-	memset(&none, 0, sizeof(none));
-	for (size_t i = 0; i < st->n_peers && i < RAFT_MAX_VOTERS; i++)
-		if (st->peers[i].id == id)
-			return st->peers[i];
-	return none;
-}
-
-/* Lets the leader send one round of heartbeats and waits for the network to settle. */
-static void heartbeat(netsim *ns, uint64_t leader)
-{
-	netsim_tick(ns, leader);
-	netsim_stabilize(ns);
-}
-
 #define CHECK_SEED(cond, seed)                                                                     \
 	do {                                                                                       \
 		bool ok_ = (cond);                                                                 \
