@@ -212,7 +212,8 @@ static void sql_reopen(fixture *f)
 }
 
 #define SNAP_SOURCE_NODE 9
-#define SNAP_WAIT_MS     10000
+#define SNAP_WAIT_MS     10000 /* bound on waiting for one dump */
+#define SNAP_WAIT_ROUNDS 3     /* dumps to wait for: one that ends unusable starts another */
 
 /* Sets src's applied point and conf state directly, as applying entries up to it would. */
 static void snap_source_set(store *src, const raft_snapshot_metadata *m)
@@ -237,17 +238,17 @@ static void snap_source_set(store *src, const raft_snapshot_metadata *m)
 	src->conf_state = m->conf_state;
 }
 
-/* Polls src for a finished snapshot; on STORE_OK the caller owns out->data. */
+/* Asks src for a snapshot; while one is being dumped, blocks until the dump ends and asks
+ * again. On STORE_OK the caller owns out->data. */
 static int snap_source_await(store *src, raft_snapshot *out)
 {
-	struct timespec pause = {0, 1000000};
-	int rv;
+	int rv = store_snapshot_request(src, out);
 
-	for (int waited = 0; waited < SNAP_WAIT_MS; waited++) {
+	for (int round = 0;
+	     rv == RAFT_ERR_SNAPSHOT_TEMPORARILY_UNAVAILABLE && round < SNAP_WAIT_ROUNDS; round++) {
+		if (store_snapshot_wait(src, SNAP_WAIT_MS) != STORE_OK)
+			break;
 		rv = store_snapshot_request(src, out);
-		if (rv != RAFT_ERR_SNAPSHOT_TEMPORARILY_UNAVAILABLE)
-			return rv;
-		nanosleep(&pause, NULL);
 	}
 	return rv;
 }

@@ -42,8 +42,9 @@
 #define CR_INSTALL_ROUND  2
 #define CR_KEYS           12
 #define CR_MAX_VALUE      2000
-#define CR_WAL_LIMIT      16 /* pages: checkpoints (passive and truncating) happen often */
-#define CR_WAIT_MS        10000
+#define CR_WAL_LIMIT      16    /* pages: checkpoints (passive and truncating) happen often */
+#define CR_WAIT_MS        10000 /* bound on waiting for one dump */
+#define CR_WAIT_ROUNDS    3     /* dumps to wait for: one that ends unusable starts another */
 
 /* The membership both stores record: the peer's snapshot must name the node to install it. */
 static const raft_conf_state cr_conf = {.voters = {CR_NODE, CR_PEER}, .n_voters = 2};
@@ -600,21 +601,16 @@ typedef struct cr_fixture {
 
 static cr_fixture cr_fx;
 
-static void cr_sleep_ms(long ms)
-{
-	struct timespec ts = {ms / 1000, (ms % 1000) * 1000000};
-
-	nanosleep(&ts, NULL);
-}
-
-/* Polls for the dump the first request started; there is nothing to wait on. */
+/* Asks s for a snapshot; while one is being dumped, blocks until the dump ends and asks
+ * again. On STORE_OK the caller owns out->data. */
 static int cr_await_snapshot(store *s, raft_snapshot *out)
 {
 	int rv = store_snapshot_request(s, out);
 
-	for (long waited = 0;
-	     rv == RAFT_ERR_SNAPSHOT_TEMPORARILY_UNAVAILABLE && waited < CR_WAIT_MS; waited += 2) {
-		cr_sleep_ms(2);
+	for (int round = 0;
+	     rv == RAFT_ERR_SNAPSHOT_TEMPORARILY_UNAVAILABLE && round < CR_WAIT_ROUNDS; round++) {
+		if (store_snapshot_wait(s, CR_WAIT_MS) != STORE_OK)
+			break;
 		rv = store_snapshot_request(s, out);
 	}
 	return rv;

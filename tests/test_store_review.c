@@ -15,13 +15,14 @@
 #include "store/store_internal.h"
 #include "suites.h"
 
-#define RV_CLUSTER    0x7e71e3ULL
-#define RV_WAIT_NS    (10LL * 1000000000LL) /* bound on waiting for a dump */
-#define RV_TERM_RING  4096                  /* log.c's LOG_TERM_RING */
-#define RV_GC_ROWS    10000
-#define RV_GC_CHUNK   1000
-#define RV_RING_ROWS  6000
-#define RV_KV_ENTRIES 20
+#define RV_CLUSTER     0x7e71e3ULL
+#define RV_WAIT_MS     10000 /* bound on waiting for one dump */
+#define RV_WAIT_ROUNDS 3     /* dumps to wait for: one that ends unusable starts another */
+#define RV_TERM_RING   4096  /* log.c's LOG_TERM_RING */
+#define RV_GC_ROWS     10000
+#define RV_GC_CHUNK    1000
+#define RV_RING_ROWS   6000
+#define RV_KV_ENTRIES  20
 
 static const raft_conf_state rv_conf = {.voters = {1, 2, 3}, .n_voters = 3};
 
@@ -249,27 +250,22 @@ static rv_digest rv_kv_digest(store *s)
 
 /* ---- snapshots ---- */
 
-/* Asks s's raft_storage for a snapshot until one is ready, backing off from 1 ms to 64 ms, for
- * at most RV_WAIT_NS. On STORE_OK the caller owns out->data. */
+/* Asks s's raft_storage for a snapshot; while one is being dumped, blocks until the dump ends
+ * (at most RV_WAIT_MS) and asks again. On STORE_OK the caller owns out->data. */
 static int rv_await_snapshot(store *s, raft_snapshot *out)
 {
 	const raft_storage *st = store_raft_storage(s);
-	struct timespec pause = {0, 1000000};
-	long long waited = 0;
-	int rv;
+	int rv = st->snapshot(st->ctx, out);
 
-	for (;;) {
-		rv = st->snapshot(st->ctx, out);
-		if (rv != RAFT_ERR_SNAPSHOT_TEMPORARILY_UNAVAILABLE || waited >= RV_WAIT_NS)
+	for (int round = 0;
+	     rv == RAFT_ERR_SNAPSHOT_TEMPORARILY_UNAVAILABLE && round < RV_WAIT_ROUNDS; round++) {
+		if (store_snapshot_wait(s, RV_WAIT_MS) != STORE_OK)
 			break;
-		nanosleep(&pause, NULL);
-		waited += pause.tv_nsec;
-		if (pause.tv_nsec < 64000000)
-			pause.tv_nsec *= 2;
+		rv = st->snapshot(st->ctx, out);
 	}
 	if (rv != STORE_OK)
-		printf("\nno snapshot after %lld ms: %s (%s)\n", waited / 1000000,
-		       store_strerror(rv), store_errmsg(s));
+		printf("\nno snapshot (waited for at most %d dumps, %d ms each): %s (%s)\n",
+		       RV_WAIT_ROUNDS, RV_WAIT_MS, store_strerror(rv), store_errmsg(s));
 	return rv;
 }
 

@@ -22,10 +22,11 @@
 #define TS_SANITIZED 0
 #endif
 
-#define TS_WAIT_MS    10000 /* bound on waiting for a dump */
-#define TS_CLUSTER_ID 0x5eedULL
-#define TS_TERM       3
-#define TS_RESULT_SEQ 1000 /* session_results rows written by ts_write use seq 1000 + index */
+#define TS_WAIT_MS       10000 /* bound on waiting for a dump */
+#define TS_WRITE_PACE_MS 1     /* the concurrent writer's step while a dump runs (ts_await) */
+#define TS_CLUSTER_ID    0x5eedULL
+#define TS_TERM          3
+#define TS_RESULT_SEQ    1000 /* session_results rows written by ts_write use seq 1000 + index */
 
 static uint32_t ts_seed_value; /* printed at registration; RKV_TEST_SEED overrides */
 
@@ -421,13 +422,6 @@ static void ts_check_apply_state(sqlite3 *db, uint64_t index)
 
 /* ---- snapshots ---- */
 
-static void ts_sleep_us(long us)
-{
-	struct timespec ts = {us / 1000000, (us % 1000000) * 1000};
-
-	nanosleep(&ts, NULL);
-}
-
 static long ts_elapsed_ms(const struct timespec *t0)
 {
 	struct timespec now;
@@ -436,13 +430,16 @@ static long ts_elapsed_ms(const struct timespec *t0)
 	return (now.tv_sec - t0->tv_sec) * 1000 + (now.tv_nsec - t0->tv_nsec) / 1000000;
 }
 
-/* Polls store_snapshot_request until it stops saying "temporarily unavailable", with a
- * backoff from 100 us to 20 ms, for at most TS_WAIT_MS. Before each poll, calls between(ctx)
- * if given (the concurrent writer). Returns the last result; out is filled on STORE_OK. */
+/* Asks for a snapshot until store_snapshot_request stops saying "temporarily unavailable",
+ * blocking in store_snapshot_wait for the running dump to end before each new request (a dump
+ * that ended without a usable file makes the request start another), for at most TS_WAIT_MS.
+ * With between (the concurrent writer), calls it before each request and waits at most
+ * TS_WRITE_PACE_MS at a time, so writes keep landing while the dump runs; the wait still
+ * returns the moment the dump ends. Returns the last result; out is filled on STORE_OK. */
 static int ts_await(store *s, raft_snapshot *out, void (*between)(void *), void *ctx)
 {
 	struct timespec t0;
-	long backoff = 100;
+	long left;
 	int rv;
 
 	clock_gettime(CLOCK_MONOTONIC, &t0);
@@ -452,13 +449,15 @@ static int ts_await(store *s, raft_snapshot *out, void (*between)(void *), void 
 		rv = store_snapshot_request(s, out);
 		if (rv != RAFT_ERR_SNAPSHOT_TEMPORARILY_UNAVAILABLE)
 			return rv;
-		if (ts_elapsed_ms(&t0) > TS_WAIT_MS) {
+		left = TS_WAIT_MS - ts_elapsed_ms(&t0);
+		if (left <= 0) {
 			printf("snapshot not ready after %d ms\n", TS_WAIT_MS);
 			CU_FAIL("snapshot dump did not finish in time");
 			return rv;
 		}
-		ts_sleep_us(backoff);
-		backoff = backoff * 2 > 20000 ? 20000 : backoff * 2;
+		if (between != NULL && left > TS_WRITE_PACE_MS)
+			left = TS_WRITE_PACE_MS;
+		store_snapshot_wait(s, (unsigned)left);
 	}
 }
 
@@ -1596,7 +1595,6 @@ static void test_latest_index(void)
 {
 	raft_snapshot s2 = {0};
 	store_snapshot_id id2;
-	struct timespec t0;
 	ts_fix f;
 
 	ts_fix_setup(&f);
@@ -1609,10 +1607,10 @@ static void test_latest_index(void)
 	CU_ASSERT_EQUAL(store_snapshot_latest_index(f.a), 0);
 	CU_ASSERT_EQUAL(store_snapshot_request(f.a, &s2),
 	                RAFT_ERR_SNAPSHOT_TEMPORARILY_UNAVAILABLE);
-	clock_gettime(CLOCK_MONOTONIC, &t0);
-	while (store_snapshot_latest_index(f.a) == 0 && ts_elapsed_ms(&t0) < TS_WAIT_MS)
-		ts_sleep_us(1000);
+	CU_ASSERT_EQUAL(store_snapshot_wait(f.a, TS_WAIT_MS), STORE_OK);
 	CU_ASSERT_EQUAL(store_snapshot_latest_index(f.a), 2001);
+	CU_ASSERT_EQUAL(store_snapshot_wait(f.a, 0), STORE_OK); /* no dump left to wait for */
+	CU_ASSERT_EQUAL(store_snapshot_wait(NULL, 0), STORE_ERR_INVALID);
 	CU_ASSERT_EQUAL(store_snapshot_latest_index(NULL), 0);
 	ts_fix_teardown(&f);
 }

@@ -101,7 +101,8 @@ struct snap_job {
 /* What the dump thread reports; guarded by store_snap.mu. */
 struct snap_report {
 	bool reading; /* set by the owner at start, cleared once the read transaction ended */
-	bool done;    /* the thread is about to exit: join it */
+	bool done;    /* the thread is about to exit: join it; store_snap.ended is broadcast when
+	                 this becomes true */
 	int rv;       /* STORE_OK, a STORE_ERR_*, or SNAP_TEMP_UNAVAIL (busy, cancelled) */
 	struct snap_meta meta; /* the finished file's, when rv == STORE_OK */
 	char msg[256];
@@ -135,6 +136,7 @@ struct store_snap {
 
 	/* Shared with the dump thread. */
 	pthread_mutex_t mu;
+	pthread_cond_t ended;      /* with mu, CLOCK_MONOTONIC: report.done became true */
 	struct snap_report report; /* guarded by mu */
 	atomic_bool cancel;        /* set by close: the dump stops at its next look */
 };
@@ -1129,6 +1131,7 @@ static void *snap_dump_main(void *arg)
 	sn->report.rv = rv;
 	sn->report.meta = d.meta;
 	memcpy(sn->report.msg, d.msg, sizeof(d.msg));
+	pthread_cond_broadcast(&sn->ended);
 	pthread_mutex_unlock(&sn->mu);
 	return NULL;
 }
@@ -1284,6 +1287,45 @@ uint64_t store_snapshot_latest_index(store *s)
 	if (s->failed == STORE_OK)
 		snap_collect(s);
 	return s->snap->has_latest ? s->snap->latest.id.index : 0;
+}
+
+/* Adds ms to *ts, normalized. */
+static void snap_timespec_add_ms(struct timespec *ts, unsigned ms)
+{
+	ts->tv_sec += (time_t)(ms / 1000);
+	ts->tv_nsec += (long)(ms % 1000) * 1000000L;
+	if (ts->tv_nsec >= 1000000000L) {
+		ts->tv_sec++;
+		ts->tv_nsec -= 1000000000L;
+	}
+}
+
+/*
+ * Blocks on sn->ended until the dump thread reports done or the deadline passes. thread_live
+ * is owner-only, so it is read without mu; report.done is read under mu. Does not join or take
+ * the report: the next request (or latest_index) does, so a failed dump fail-stops the store
+ * there, as without this wait.
+ */
+int store_snapshot_wait(store *s, unsigned timeout_ms)
+{
+	struct store_snap *sn;
+	struct timespec deadline;
+	bool done;
+	int rc = 0;
+
+	if (s == NULL || s->snap == NULL)
+		return STORE_ERR_INVALID;
+	sn = s->snap;
+	if (!sn->thread_live)
+		return STORE_OK;
+	clock_gettime(CLOCK_MONOTONIC, &deadline);
+	snap_timespec_add_ms(&deadline, timeout_ms);
+	pthread_mutex_lock(&sn->mu);
+	while (!sn->report.done && rc == 0) /* 0 also on a spurious wakeup */
+		rc = pthread_cond_timedwait(&sn->ended, &sn->mu, &deadline);
+	done = sn->report.done;
+	pthread_mutex_unlock(&sn->mu);
+	return done ? STORE_OK : SNAP_TEMP_UNAVAIL;
 }
 
 bool store_snap_dump_running(store *s)
@@ -1886,6 +1928,21 @@ void store_snap_installed(store *s, const raft_snapshot *snap)
 
 /* ---- lifetime ---------------------------------------------------------------------------- */
 
+/* Initializes cv on CLOCK_MONOTONIC, so a wall-clock step moves no deadline. 0 or an errno. */
+static int snap_cond_init(pthread_cond_t *cv)
+{
+	pthread_condattr_t attr;
+	int rc = pthread_condattr_init(&attr);
+
+	if (rc != 0)
+		return rc;
+	rc = pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+	if (rc == 0)
+		rc = pthread_cond_init(cv, &attr);
+	pthread_condattr_destroy(&attr);
+	return rc;
+}
+
 /* Allocates s->snap and prepares the install statements on s->db. */
 int store_snap_init(store *s)
 {
@@ -1897,6 +1954,11 @@ int store_snap_init(store *s)
 	if (pthread_mutex_init(&sn->mu, NULL) != 0) {
 		free(sn);
 		return store_error(s, STORE_ERR_NOMEM, "snapshot: no mutex");
+	}
+	if (snap_cond_init(&sn->ended) != 0) {
+		pthread_mutex_destroy(&sn->mu);
+		free(sn);
+		return store_error(s, STORE_ERR_NOMEM, "snapshot: no condition variable");
 	}
 	atomic_init(&sn->cancel, false);
 	sn->stg.fd = -1;
@@ -1926,6 +1988,7 @@ void store_snap_close(store *s)
 		sqlite3_finalize(sn->stmt[i]);
 	snap_staging_close(&sn->stg);
 	free(sn->dir);
+	pthread_cond_destroy(&sn->ended);
 	pthread_mutex_destroy(&sn->mu);
 	free(sn);
 	s->snap = NULL;

@@ -259,6 +259,17 @@ int store_set_snapshot_dir(store *s, const char *dir);
  */
 int store_snapshot_request(store *s, raft_snapshot *out);
 
+/*
+ * Waits until no snapshot dump is running (the one in progress, if any, has finished or failed),
+ * up to timeout_ms. STORE_OK, or RAFT_ERR_SNAPSHOT_TEMPORARILY_UNAVAILABLE on timeout. Any
+ * thread that owns the store (the store's owner thread). The dump thread signals its end, so
+ * this blocks without polling and returns as soon as the dump ends. It does not take the
+ * dump's outcome: the next store_snapshot_request() (or store_snapshot_latest_index()) does,
+ * and a failed dump fail-stops the store there. STORE_OK at once when no dump was started (or
+ * its outcome was already taken), also on a failed store; STORE_ERR_INVALID if s is NULL.
+ */
+int store_snapshot_wait(store *s, unsigned timeout_ms);
+
 /* Index of the newest snapshot finished since this store was opened, or 0. Log GC should not
  * compact past it while a follower may still need the entries after it. Takes the outcome of
  * a dump that has ended, as store_snapshot_request() would (a failed dump fail-stops). */
