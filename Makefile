@@ -75,21 +75,27 @@ tsan: deps
 	RAFT_SIM_SEEDS=$${RAFT_SIM_SEEDS:-100} RAFTKV_CRASH_SEEDS=$${RAFTKV_CRASH_SEEDS:-1} \
 	  TSAN_OPTIONS=halt_on_error=1 build-tsan/test_raftkv
 
-# Runs the suite over and over; threaded suites must pass every time.
+# Runs the threaded suites over and over (default 20 times, each with a new seed); they must
+# pass every time. REPEAT_SUITES picks the suites.
 REPEAT ?= 20
+REPEAT_SUITES ?= mailbox router node cluster scenarios
 repeat: deps
 	$(MAKE) $(JOBS) $(BUILD)/test_raftkv
-	@for i in $$(seq 1 $(REPEAT)); do echo "== run $$i/$(REPEAT)"; \
-	  RAFT_SIM_SEEDS=$${RAFT_SIM_SEEDS:-100} RAFT_SIM_SEED_BASE=$$((i * 100000)) \
-	  $(BUILD)/test_raftkv >$(BUILD)/repeat.log 2>&1 || { cat $(BUILD)/repeat.log; exit 1; }; done
+	@for i in $$(seq 1 $(REPEAT)); do for s in $(REPEAT_SUITES); do \
+	  echo "== run $$i/$(REPEAT): $$s"; \
+	  RAFTKV_TEST_SEED=$$((i * 7919)) $(BUILD)/test_raftkv $$s >$(BUILD)/repeat.log 2>&1 || \
+	  { cat $(BUILD)/repeat.log; echo "repeat: suite $$s failed on run $$i"; exit 1; }; \
+	  done; done
 
-# Long randomized simulation.
+# Long runs: the randomized simulation, the crash loop and the scenario matrix.
 soak: deps
 	$(MAKE) $(JOBS) $(BUILD)/test_raftkv
 	RAFT_SIM_SEEDS=$${RAFT_SIM_SEEDS:-50000} RAFT_SIM_EVENTS=$${RAFT_SIM_EVENTS:-8000} \
 	  $(BUILD)/test_raftkv sim
 	RAFTKV_CRASH_STEPS=$${RAFTKV_CRASH_STEPS:-60} RAFTKV_CRASH_SEEDS=$${RAFTKV_CRASH_SEEDS:-3} \
 	  $(BUILD)/test_raftkv store_crash
+	RAFTKV_SCENARIO_ROUNDS=$${RAFTKV_SCENARIO_ROUNDS:-10} RAFTKV_SCENARIO_MS=$${RAFTKV_SCENARIO_MS:-5000} \
+	  $(BUILD)/test_raftkv scenarios
 
 # libFuzzer targets (clang). Built here, run by hand (see README).
 FUZZ_CC    ?= clang
