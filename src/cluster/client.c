@@ -59,10 +59,15 @@
  * except that timer_mu is held across the timer's and shutdown's batches (those never block).
  */
 
-#define NS_PER_MS        1000000ull
-#define NS_PER_S         1000000000ull
-#define BACKOFF_MAX_NS   (100ull * NS_PER_MS)
-#define ATTEMPT_MIN_NS   (200ull * NS_PER_MS)
+#define NS_PER_MS      1000000ull
+#define NS_PER_S       1000000000ull
+#define BACKOFF_MAX_NS (100ull * NS_PER_MS)
+/* An attempt without an answer is resent (same session and seq) to the next node after one
+ * election timeout, and never sooner than this: by then a cut-off leader has stepped down
+ * (check-quorum) and the others have elected a new one, and a request lost on the way costs
+ * no more than that. A resend is harmless (the session applies the write once); only its cost
+ * bounds how short this can be. */
+#define ATTEMPT_MIN_NS   (100ull * NS_PER_MS)
 #define ATTEMPT_HAND_NS  (1000ull * NS_PER_MS) /* manual ticking */
 #define DEFAULT_INFLIGHT 4096u
 
@@ -1171,7 +1176,7 @@ int client_init(raftkv *kv)
 {
 	client_state *cs = calloc(1, sizeof(*cs));
 	const raftkv_options *o = &kv->opts;
-	uint64_t election_ns = 2ull * o->election_ticks * o->tick_ms * NS_PER_MS;
+	uint64_t election_ns = (uint64_t)o->election_ticks * o->tick_ms * NS_PER_MS;
 
 	if (cs == NULL)
 		return RAFTKV_NOMEM;
