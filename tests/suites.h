@@ -23,7 +23,11 @@
 	X(store_crash)                                                                             \
 	X(store_review)                                                                            \
 	X(mailbox)                                                                                 \
-	X(linearizability)
+	X(router)                                                                                  \
+	X(node)                                                                                    \
+	X(cluster)                                                                                 \
+	X(linearizability)                                                                         \
+	X(scenarios)
 
 #define TEST_DECLARE(name) void test_register_##name(void);
 TEST_SUITES(TEST_DECLARE)
