@@ -54,8 +54,10 @@ enum {
 	RAFTKV_IO = -6,              /* an I/O error (open, a node's database) */
 	RAFTKV_CORRUPT = -7,         /* a database or cluster file fails its checks */
 	RAFTKV_NOMEM = -8,           /* out of memory */
-	RAFTKV_SESSION_EXPIRED = -9, /* the client session expired before this write applied; it
-	                                was not applied by this request, and will not be */
+	RAFTKV_SESSION_EXPIRED = -9, /* the write's client session had expired when it reached the
+	                                log: this copy was not applied, but an earlier copy of the
+	                                same request (a retry) may have been, so the outcome is
+	                                unknown, as with RAFTKV_TIMEOUT */
 };
 
 /* A static, NUL-terminated name for rv ("unknown error" for anything else). */
@@ -98,7 +100,8 @@ typedef struct raftkv_options {
 	/* Log GC: compact when applied - first_index >= gc_threshold (default 10,000), keeping
 	 * gc_trailing entries behind the applied index (default 1,000; < gc_threshold).
 	 * gc_hard_limit (default 2 * gc_threshold, at most that) compacts even when a follower
-	 * still needs the entries; it then catches up by snapshot. */
+	 * still needs the entries; it then catches up by snapshot. (Validated now; log GC and the
+	 * snapshot transfer below are issue 5 and not wired in yet: the log grows.) */
 	uint64_t gc_threshold;
 	uint64_t gc_trailing;
 	uint64_t gc_hard_limit;
@@ -136,7 +139,9 @@ typedef struct raftkv raftkv;
  * Creates the cluster in dir (which must exist), or reopens the cluster found there, and starts
  * every node. A new cluster gets a random cluster id, recorded in `raftkv.cluster` and in every
  * node's database, so a database from another cluster or in another node's place is refused
- * (RAFTKV_CORRUPT). opts is borrowed (NULL: defaults). On RAFTKV_OK *out is the caller's; release
+ * (RAFTKV_CORRUPT). The directory is locked (flock on `raftkv.lock`) while the handle lives: a
+ * second open of it, in this process or another, is RAFTKV_BUSY. opts is borrowed (NULL:
+ * defaults). On RAFTKV_OK *out is the caller's; release
  * it with raftkv_close(). On error *out is NULL and errmsg (may be NULL) receives a
  * NUL-terminated reason of at most errmsg_len bytes. RAFTKV_INVALID for bad options or another
  * node count than the directory's.
@@ -173,8 +178,7 @@ int raftkv_delete(raftkv *kv, const void *key, size_t key_len);
 
 /* key = key's value followed by value (value alone if key is absent), like Redis's APPEND.
  * RAFTKV_INVALID, with nothing changed, if the result would pass RAFTKV_MAX_VALUE. */
-int raftkv_append(raftkv *kv, const void *key, size_t key_len, const void *value,
-                  size_t value_len);
+int raftkv_append(raftkv *kv, const void *key, size_t key_len, const void *value, size_t value_len);
 
 /* Called by raftkv_scan once per key, on the caller's thread, with no lock or SQLite
  * transaction held. key and value are borrowed for the call. Return non-zero to stop. */
@@ -201,8 +205,11 @@ int raftkv_scan(raftkv *kv, const void *start, size_t start_len, const void *end
  * The completion of an asynchronous operation: status as for the blocking call; for a get,
  * value (borrowed for the call; NULL when absent or empty) and value_len. The callback runs on
  * a library thread (a peer thread, the ticker thread, or the thread inside raftkv_close). It
- * must not block and must not call a blocking raftkv function or raftkv_close; it may start
- * another asynchronous operation. Each accepted operation gets exactly one callback.
+ * must not block. It may start other asynchronous operations and call raftkv_node_status,
+ * raftkv_leader, raftkv_tick, raftkv_free and raftkv_strerror; it must not call the blocking
+ * operations, raftkv_wait_leader, raftkv_transfer_leader, raftkv_node_stop, raftkv_node_start
+ * or raftkv_close (they wait for threads that may be waiting for the callback to return). The
+ * trace hook has the same rules. Each accepted operation gets exactly one callback.
  */
 typedef void (*raftkv_done_fn)(void *ctx, int status, const void *value, size_t value_len);
 
@@ -211,8 +218,7 @@ typedef void (*raftkv_done_fn)(void *ctx, int status, const void *value, size_t 
  * RAFTKV_CLOSED with no callback. */
 int raftkv_put_async(raftkv *kv, const void *key, size_t key_len, const void *value,
                      size_t value_len, raftkv_done_fn done, void *ctx);
-int raftkv_get_async(raftkv *kv, const void *key, size_t key_len, raftkv_done_fn done,
-                     void *ctx);
+int raftkv_get_async(raftkv *kv, const void *key, size_t key_len, raftkv_done_fn done, void *ctx);
 int raftkv_delete_async(raftkv *kv, const void *key, size_t key_len, raftkv_done_fn done,
                         void *ctx);
 int raftkv_append_async(raftkv *kv, const void *key, size_t key_len, const void *value,
@@ -234,23 +240,23 @@ enum {
 /* A consistent-enough picture of one node, as of its last handled Ready. */
 typedef struct raftkv_status {
 	uint64_t id;
-	int role;              /* RAFTKV_ROLE_* */
-	uint64_t term;         /* current term */
-	uint64_t leader;       /* the leader it knows, 0 for none */
-	uint64_t commit;       /* commit index */
-	uint64_t applied;      /* applied index */
-	uint64_t first_index;  /* first log index still stored */
-	uint64_t last_index;   /* last log index */
-	size_t mailbox_depth;  /* items queued in its mailbox */
-	uint64_t proposals;    /* writes it proposed as leader */
-	uint64_t reads;        /* ReadIndex reads it answered */
-	uint64_t fsyncs;       /* Ready transactions it committed with an fsync */
+	int role;             /* RAFTKV_ROLE_* */
+	uint64_t term;        /* current term */
+	uint64_t leader;      /* the leader it knows, 0 for none */
+	uint64_t commit;      /* commit index */
+	uint64_t applied;     /* applied index */
+	uint64_t first_index; /* first log index still stored */
+	uint64_t last_index;  /* last log index */
+	size_t mailbox_depth; /* items queued in its mailbox */
+	uint64_t proposals;   /* writes it proposed as leader */
+	uint64_t reads;       /* ReadIndex reads it answered */
+	uint64_t fsyncs;      /* Ready transactions it committed with an fsync */
 	uint64_t snapshots_sent;
 	uint64_t snapshots_received;
 	uint64_t snapshot_bytes_sent;
 	uint64_t snapshot_bytes_received;
-	int failed;          /* RAFTKV_OK, or the error that fail-stopped the node (RAFTKV_IO...) */
-	char failure[128];   /* the reason when failed, else "" */
+	int failed;        /* RAFTKV_OK, or the error that fail-stopped the node (RAFTKV_IO...) */
+	char failure[128]; /* the reason when failed, else "" */
 } raftkv_status;
 
 /* Fills *out for node id (1..n_nodes). RAFTKV_INVALID for an unknown id or NULL. */
@@ -260,14 +266,17 @@ int raftkv_node_status(raftkv *kv, uint64_t id, raftkv_status *out);
 uint64_t raftkv_leader(raftkv *kv);
 
 /* Waits until some running node is leader, up to timeout_ms. RAFTKV_OK with *id set (may be
- * NULL), or RAFTKV_TIMEOUT. */
+ * NULL), RAFTKV_TIMEOUT, RAFTKV_CLOSED when the handle starts closing meanwhile, or
+ * RAFTKV_INVALID for a NULL kv. */
 int raftkv_wait_leader(raftkv *kv, unsigned timeout_ms, uint64_t *id);
 
 /* Asks the leader to hand leadership to node id, and waits up to the request timeout for it to
- * happen: RAFTKV_OK, RAFTKV_TIMEOUT, RAFTKV_INVALID (unknown or stopped id). */
+ * happen: RAFTKV_OK, RAFTKV_TIMEOUT, RAFTKV_INVALID (unknown or stopped id), RAFTKV_CLOSED. */
 int raftkv_transfer_leader(raftkv *kv, uint64_t id);
 
-/* Adds n ticks to every running node (the only source of ticks when tick_ms is 0). */
+/* Adds n ticks to every running node (the only source of ticks when tick_ms is 0). n is capped
+ * at election_ticks per call; a node runs at most that many pending ticks between two
+ * Readies. */
 int raftkv_tick(raftkv *kv, unsigned n);
 
 /* ------------------------------------------------------------------------------------------ */

@@ -556,10 +556,11 @@ static void job_prepare(client_state *cs, call *c, uint64_t to, uint64_t now, bo
 	j->main = c->phase == PHASE_MAIN;
 	if (j->main)
 		c->sending++;
-	if (retain)
-		request_retain(&c->req);
 	j->c = c;
 	j->r = j->main ? &c->req : &c->reg;
+	if (retain)
+		request_retain(
+		    j->r); /* a REGISTER job pins reg itself, so reg never revives from 0 */
 	j->to = to;
 	j->attempt = c->attempt;
 }
@@ -616,7 +617,7 @@ static bool job_run(client_state *cs, send_job *j, bool initial)
 	}
 	pthread_mutex_unlock(&cs->mu);
 	if (!busy)
-		request_release(&c->req);
+		request_release(j->r);
 	return busy;
 }
 
@@ -847,7 +848,7 @@ static int call_take_session(client_state *cs, call *c)
 /* The first push came back ROUTER_FULL: retracts c unless someone completed it meanwhile.
  * RAFTKV_BUSY when retracted (no callback), else RAFTKV_OK (the completion stands). Consumes
  * the reference of the failed job, which keeps c alive until here. */
-static int call_retract(client_state *cs, call *c)
+static int call_retract(client_state *cs, call *c, request *job_ref)
 {
 	bool mine;
 
@@ -856,9 +857,9 @@ static int call_retract(client_state *cs, call *c)
 	if (mine)
 		call_complete_locked(cs, c, RAFTKV_BUSY, NULL);
 	pthread_mutex_unlock(&cs->mu);
+	request_release(job_ref);
 	if (mine)
 		call_drop(c);
-	request_release(&c->req);
 	return mine ? RAFTKV_BUSY : RAFTKV_OK;
 }
 
@@ -889,7 +890,7 @@ static int call_launch(client_state *cs, call *c, uint64_t now)
 	pthread_mutex_unlock(&cs->mu);
 	if (!job_run(cs, &j, true))
 		return RAFTKV_OK;
-	return call_retract(cs, c);
+	return call_retract(cs, c, j.r);
 fail:
 	if (c->sess != NULL) {
 		free(c->sess); /* never pooled: new, or lost to a NOMEM path before the lock */

@@ -1,10 +1,13 @@
 /* cluster.c - the raftkv handle: open/close, ticker thread, node stop/start, status, faults. */
+#define _DEFAULT_SOURCE /* flock(2) */
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -34,6 +37,16 @@ typedef struct cluster_handle {
 	/* Status of each node as it was stopped (role RAFTKV_ROLE_STOPPED); reported while the node
 	 * is stopped. Guarded by kv.nodes_mu. */
 	raftkv_status last[RAFTKV_MAX_NODES];
+	/* Serializes starting and stopping nodes (raftkv_node_start/stop, open, close). It is held
+	 * while a node's thread is joined or its store opened, which take time, so kv.nodes_mu is
+	 * not: that one guards only the slot pointers, and code on node threads (async callbacks,
+	 * trace hooks calling raftkv_node_status or raftkv_leader) can always take it. Order:
+	 * life_mu before nodes_mu. */
+	pthread_mutex_t life_mu;
+	/* An open descriptor of the directory's lock file, flock()ed exclusively for the handle's
+	 * life: two handles on one directory would run two instances of each node over the same
+	 * database, and could vote twice in one term. -1 when not held. */
+	int lock_fd;
 	/* INIT_* bits: which synchronization objects of kv exist (teardown of a failed open). */
 	unsigned inited;
 } cluster_handle;
@@ -46,6 +59,7 @@ enum {
 	INIT_STATUS_CV = 1u << 2,
 	INIT_TICKER_MU = 1u << 3,
 	INIT_TICKER_CV = 1u << 4,
+	INIT_LIFE_MU = 1u << 5,
 };
 
 static void set_err(char *buf, size_t len, const char *fmt, ...)
@@ -510,10 +524,10 @@ static void cluster_send(void *ctx, const raft_message *m)
 }
 
 /*
- * Starts node id from its database and attaches it to the router. Caller holds nodes_mu and the
- * slot is empty. The database must exist: the cluster created it, and a node that lost its disk
- * must not come back empty, since it could then vote twice in one term (Raft paper §5.2: votes
- * are durable state).
+ * Starts node id from its database and attaches it to the router. Caller holds life_mu (not
+ * nodes_mu) and the slot is empty. The database must exist: the cluster created it, and a node that
+ * lost its disk must not come back empty, since it could then vote twice in one term (Raft paper
+ * §5.2: votes are durable state).
  */
 static int start_node_locked(raftkv *kv, uint64_t id, char *errmsg, size_t len)
 {
@@ -557,28 +571,44 @@ static int start_node_locked(raftkv *kv, uint64_t id, char *errmsg, size_t len)
 		return rv;
 	}
 	free(path);
+	pthread_mutex_lock(&kv->nodes_mu);
 	kv->nodes[id - 1] = n;
+	pthread_mutex_unlock(&kv->nodes_mu);
 	router_attach(kv->router, id, node_mailbox(n));
 	return RAFTKV_OK;
 }
 
-/* Crash-stops node id if it runs, keeping its last status. Caller holds nodes_mu. Detaching
- * first means nothing is pushed into its mailbox after node_stop's final drain. */
+/* Crash-stops node id if it runs, keeping its last status. Caller holds life_mu (not nodes_mu:
+ * the join below waits for the node thread, which may be inside a callback that takes
+ * nodes_mu). Detaching first means nothing is pushed into its mailbox after node_stop's final
+ * drain. */
 static void stop_node_locked(raftkv *kv, uint64_t id)
 {
 	raftkv_status *last = &HANDLE(kv)->last[id - 1];
-	node *n = kv->nodes[id - 1];
+	raftkv_status st;
+	node *n;
 
+	pthread_mutex_lock(&kv->nodes_mu);
+	n = kv->nodes[id - 1];
+	if (n != NULL) {
+		node_status_get(n, last);
+		last->role = RAFTKV_ROLE_STOPPED;
+		last->mailbox_depth = 0;
+		kv->nodes[id - 1] = NULL;
+	}
+	pthread_mutex_unlock(&kv->nodes_mu);
 	if (n == NULL)
 		return;
 	router_detach(kv->router, id);
 	node_stop(n);
-	node_status_get(n, last);
-	last->id = id;
-	last->role = RAFTKV_ROLE_STOPPED;
-	last->mailbox_depth = 0;
+	node_status_get(n, &st);
+	st.id = id;
+	st.role = RAFTKV_ROLE_STOPPED;
+	st.mailbox_depth = 0;
 	node_free(n);
-	kv->nodes[id - 1] = NULL;
+	pthread_mutex_lock(&kv->nodes_mu);
+	*last = st;
+	pthread_mutex_unlock(&kv->nodes_mu);
 }
 
 /* The running leader in the highest term, or 0. Caller holds nodes_mu. */
@@ -591,7 +621,8 @@ static uint64_t leader_locked(raftkv *kv)
 		if (kv->nodes[i] == NULL)
 			continue;
 		node_status_get(kv->nodes[i], &st);
-		if (st.role == RAFTKV_ROLE_LEADER && (best == 0 || st.term > best_term)) {
+		if (st.role == RAFTKV_ROLE_LEADER && st.failed == RAFTKV_OK &&
+		    (best == 0 || st.term > best_term)) {
 			best = i + 1;
 			best_term = st.term;
 		}
@@ -691,6 +722,9 @@ static int init_sync(cluster_handle *h)
 	if (pthread_mutex_init(&kv->nodes_mu, NULL) != 0)
 		goto out;
 	h->inited |= INIT_NODES_MU;
+	if (pthread_mutex_init(&h->life_mu, NULL) != 0)
+		goto out;
+	h->inited |= INIT_LIFE_MU;
 	if (pthread_mutex_init(&kv->status_mu, NULL) != 0)
 		goto out;
 	h->inited |= INIT_STATUS_MU;
@@ -744,11 +778,11 @@ static void teardown(raftkv *kv)
 	if (kv->client != NULL)
 		client_shutdown(kv);
 	ticker_stop(kv);
-	if (h->inited & INIT_NODES_MU) {
-		pthread_mutex_lock(&kv->nodes_mu);
+	if (h->inited & INIT_LIFE_MU) {
+		pthread_mutex_lock(&h->life_mu);
 		for (uint64_t id = 1; id <= kv->opts.n_nodes; id++)
 			stop_node_locked(kv, id);
-		pthread_mutex_unlock(&kv->nodes_mu);
+		pthread_mutex_unlock(&h->life_mu);
 	}
 	router_free(kv->router);
 	kv->router = NULL;
@@ -762,11 +796,43 @@ static void teardown(raftkv *kv)
 		pthread_cond_destroy(&kv->status_cv);
 	if (h->inited & INIT_STATUS_MU)
 		pthread_mutex_destroy(&kv->status_mu);
+	if (h->inited & INIT_LIFE_MU)
+		pthread_mutex_destroy(&h->life_mu);
 	if (h->inited & INIT_NODES_MU)
 		pthread_mutex_destroy(&kv->nodes_mu);
+	if (h->lock_fd >= 0)
+		close(h->lock_fd);
 	free(kv->vfs_name);
 	free(kv->dir);
 	free(h);
+}
+
+/* Takes the directory's lock file (CLUSTER_LOCK), held until teardown closes it. flock() locks
+ * belong to the open file description, so a second handle in this same process is refused too
+ * (fcntl() locks would not be). */
+static int lock_dir(cluster_handle *h, char *errmsg, size_t len)
+{
+	size_t n = strlen(h->kv.dir) + sizeof("/" CLUSTER_LOCK);
+	char *path = malloc(n);
+	int rv = RAFTKV_OK;
+
+	if (path == NULL) {
+		set_err(errmsg, len, "out of memory");
+		return RAFTKV_NOMEM;
+	}
+	snprintf(path, n, "%s/%s", h->kv.dir, CLUSTER_LOCK);
+	h->lock_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+	if (h->lock_fd < 0) {
+		set_err(errmsg, len, "open %s: %s", path, strerror(errno));
+		rv = RAFTKV_IO;
+	} else if (flock(h->lock_fd, LOCK_EX | LOCK_NB) != 0) {
+		rv = errno == EWOULDBLOCK ? RAFTKV_BUSY : RAFTKV_IO;
+		set_err(errmsg, len, "%s: %s", path,
+		        rv == RAFTKV_BUSY ? "the cluster is open in another handle or process"
+		                          : strerror(errno));
+	}
+	free(path);
+	return rv;
 }
 
 /* Router, client, nodes, ticker: the running parts of an initialized handle. */
@@ -784,10 +850,10 @@ static int start_cluster(raftkv *kv, char *errmsg, size_t len)
 		set_err(errmsg, len, "cannot create the client state: %s", raftkv_strerror(rv));
 		return rv;
 	}
-	pthread_mutex_lock(&kv->nodes_mu);
+	pthread_mutex_lock(&HANDLE(kv)->life_mu);
 	for (uint64_t id = 1; id <= kv->opts.n_nodes && rv == RAFTKV_OK; id++)
 		rv = start_node_locked(kv, id, errmsg, len);
-	pthread_mutex_unlock(&kv->nodes_mu);
+	pthread_mutex_unlock(&HANDLE(kv)->life_mu);
 	if (rv != RAFTKV_OK)
 		return rv;
 	rv = pthread_create(&kv->ticker, NULL, ticker_main, kv);
@@ -829,12 +895,15 @@ int raftkv_open(const char *dir, const raftkv_options *opts, raftkv **out, char 
 		set_err(errmsg, errmsg_len, "out of memory");
 		return RAFTKV_NOMEM;
 	}
+	h->lock_fd = -1;
 	rv = init_handle(h, dir, opts);
 	if (rv != RAFTKV_OK) {
 		set_err(errmsg, errmsg_len, "out of memory");
 		goto fail;
 	}
-	rv = prepare_cluster(&h->kv, errmsg, errmsg_len);
+	rv = lock_dir(h, errmsg, errmsg_len);
+	if (rv == RAFTKV_OK)
+		rv = prepare_cluster(&h->kv, errmsg, errmsg_len);
 	if (rv == RAFTKV_OK)
 		rv = start_cluster(&h->kv, errmsg, errmsg_len);
 	if (rv != RAFTKV_OK)
@@ -1006,6 +1075,10 @@ int raftkv_tick(raftkv *kv, unsigned n)
 
 	if (rv != RAFTKV_OK)
 		return rv;
+	/* Nodes run at most one election timeout of ticks per pass (node.c); capping here too
+	 * keeps the per-node counters from wrapping. */
+	if (n > kv->opts.election_ticks)
+		n = kv->opts.election_ticks;
 	if (n > 0)
 		add_ticks(kv, n);
 	leave(kv);
@@ -1025,9 +1098,9 @@ int raftkv_node_stop(raftkv *kv, uint64_t id)
 	if (!valid_id(kv, id)) {
 		rv = RAFTKV_INVALID;
 	} else {
-		pthread_mutex_lock(&kv->nodes_mu);
+		pthread_mutex_lock(&HANDLE(kv)->life_mu);
 		stop_node_locked(kv, id);
-		pthread_mutex_unlock(&kv->nodes_mu);
+		pthread_mutex_unlock(&HANDLE(kv)->life_mu);
 		cluster_changed(kv, id);
 	}
 	leave(kv);
@@ -1044,10 +1117,10 @@ int raftkv_node_start(raftkv *kv, uint64_t id)
 	if (!valid_id(kv, id)) {
 		rv = RAFTKV_INVALID;
 	} else {
-		pthread_mutex_lock(&kv->nodes_mu);
-		if (kv->nodes[id - 1] == NULL)
+		pthread_mutex_lock(&HANDLE(kv)->life_mu);
+		if (kv->nodes[id - 1] == NULL) /* only life_mu holders write the slots */
 			rv = start_node_locked(kv, id, why, sizeof why);
-		pthread_mutex_unlock(&kv->nodes_mu);
+		pthread_mutex_unlock(&HANDLE(kv)->life_mu);
 		cluster_changed(kv, id);
 	}
 	leave(kv);

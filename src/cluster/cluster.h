@@ -24,6 +24,8 @@ typedef struct client_state client_state;
 
 /* The cluster manifest, `raftkv.cluster` in the directory. */
 #define CLUSTER_MANIFEST "raftkv.cluster"
+/* The lock file: one handle at a time per directory (flock). */
+#define CLUSTER_LOCK "raftkv.lock"
 
 struct raftkv {
 	raftkv_options opts; /* validated copy; opts.vfs points into vfs_name */
@@ -61,8 +63,7 @@ void cluster_changed(void *ctx, uint64_t node_id);
  * node, up to timeout_ms. RAFTKV_OK or RAFTKV_TIMEOUT. pred runs on the caller's thread with no
  * lock held. For tests and raftkv_wait_leader / raftkv_transfer_leader.
  */
-int cluster_wait(raftkv *kv, bool (*pred)(void *ctx, raftkv *kv), void *ctx,
-                 unsigned timeout_ms);
+int cluster_wait(raftkv *kv, bool (*pred)(void *ctx, raftkv *kv), void *ctx, unsigned timeout_ms);
 
 /* Monotonic clock in nanoseconds. */
 uint64_t cluster_now_ns(void);

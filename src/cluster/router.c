@@ -80,6 +80,7 @@ struct router {
 	held_msg *heap;
 	size_t heap_len;
 	size_t heap_cap;
+	size_t heap_bytes; /* sum of the held messages' lengths, at most ROUTER_MAX_HELD_BYTES */
 	uint64_t heap_seq;
 
 	bool stop; /* router_free asks the delivery thread to end */
@@ -267,11 +268,14 @@ static void heap_swap(held_msg *a, held_msg *b)
 	*b = t;
 }
 
-/* Adds m; false (nothing taken) when the heap is at ROUTER_MAX_HELD or cannot grow. */
+/* Adds m; false (nothing taken) when the heap is at ROUTER_MAX_HELD messages or
+ * ROUTER_MAX_HELD_BYTES, or cannot grow. */
 static bool heap_push(router *r, const held_msg *m)
 {
 	size_t i;
 
+	if (m->len > ROUTER_MAX_HELD_BYTES - r->heap_bytes)
+		return false;
 	if (r->heap_len == r->heap_cap) {
 		size_t cap = r->heap_cap == 0 ? 64 : r->heap_cap * 2;
 		held_msg *h;
@@ -287,6 +291,7 @@ static bool heap_push(router *r, const held_msg *m)
 		r->heap_cap = cap;
 	}
 	i = r->heap_len++;
+	r->heap_bytes += m->len;
 	r->heap[i] = *m;
 	r->heap[i].seq = r->heap_seq++;
 	while (i > 0 && held_before(&r->heap[i], &r->heap[(i - 1) / 2])) {
@@ -302,6 +307,7 @@ static void heap_pop(router *r, held_msg *out)
 	size_t i = 0;
 
 	*out = r->heap[0];
+	r->heap_bytes -= out->len;
 	r->heap[0] = r->heap[--r->heap_len];
 	for (;;) {
 		size_t l = 2 * i + 1, rr = l + 1, m = i;

@@ -24,17 +24,18 @@
  *   - duplicate: a rate; Raft messages and client requests are delivered twice;
  *   - delay: each Raft message is held for a uniform time in [min, max] ms; reorder: a share of
  *     Raft messages is held for up to max ms. Held messages sit in a bounded queue
- *     (ROUTER_MAX_HELD; beyond it they are dropped) served by the router's own thread, which
- *     sleeps on a condition variable until the next one is due (no polling).
- * Partitions and link drops apply to Raft messages only: clients reach every running node.
- * Fault decisions draw from one PRNG seeded by router_new's seed, under a mutex.
+ *     (ROUTER_MAX_HELD messages and ROUTER_MAX_HELD_BYTES; beyond that they are dropped) served by
+ * the router's own thread, which sleeps on a condition variable until the next one is due (no
+ * polling). Partitions and link drops apply to Raft messages only: clients reach every running
+ * node. Fault decisions draw from one PRNG seeded by router_new's seed, under a mutex.
  *
  * Thread safety: every function may be called from any thread. A push into a mailbox happens
  * under the destination's read lock; router_detach takes the write lock, so once it returns no
  * push to that mailbox is in progress or will happen.
  */
 
-#define ROUTER_MAX_HELD 65536u
+#define ROUTER_MAX_HELD       65536u
+#define ROUTER_MAX_HELD_BYTES (64u << 20) /* and at most this many bytes of them */
 
 typedef struct router router;
 
@@ -89,8 +90,8 @@ typedef struct router_stats {
 	uint64_t raft_delivered; /* copies pushed into a mailbox */
 	uint64_t dropped;        /* by faults, stopped nodes or full mailboxes */
 	uint64_t duplicated;
-	uint64_t held;           /* delayed or reordered */
-	uint64_t requests;       /* client request copies pushed */
+	uint64_t held;     /* delayed or reordered */
+	uint64_t requests; /* client request copies pushed */
 } router_stats;
 void router_stats_get(router *r, router_stats *out);
 

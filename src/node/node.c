@@ -870,10 +870,18 @@ static void node_handle_ready(node *n)
 	node_publish(n, true);
 }
 
+/* Runs the ticks added since the last pass, at most one election timeout's worth per pass; the
+ * rest stay pending for the next pass, so a burst of ticks (a stalled node catching up, a large
+ * raftkv_tick) is interleaved with Readies instead of queueing many heartbeat rounds at once. */
 static void node_take_ticks(node *n)
 {
 	unsigned t = atomic_exchange_explicit(&n->ticks, 0, memory_order_acquire);
+	unsigned cap = (unsigned)n->cfg.election_tick;
 
+	if (t > cap) {
+		atomic_fetch_add_explicit(&n->ticks, t - cap, memory_order_relaxed);
+		t = cap;
+	}
 	if (n->failed != RAFTKV_OK)
 		return;
 	for (unsigned i = 0; i < t; i++) {
