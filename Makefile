@@ -22,7 +22,7 @@ HEADERS  := $(wildcard include/*.h src/*/*.h tests/*.h)
 .PHONY: bench-store all test asan tsan repeat soak fuzz bench format format-check clean deps
 
 all: $(BUILD)/libraftkv.a $(BUILD)/libraftkv.so $(BUILD)/test_raftkv $(BUILD)/raft-microbench \
-     $(BUILD)/example-ready-loop $(BUILD)/store-bench
+     $(BUILD)/example-ready-loop $(BUILD)/example-embed $(BUILD)/store-bench
 
 $(BUILD)/%.o: %.c $(HEADERS)
 	@mkdir -p $(dir $@)
@@ -49,10 +49,15 @@ $(BUILD)/store-bench: $(BUILD)/bench/store_bench.o $(BUILD)/libraftkv.a
 $(BUILD)/example-ready-loop: $(BUILD)/bench/example_ready_loop.o $(BUILD)/libraftkv.a
 	$(CC) $(CFLAGS_ALL) -o $@ $^ $(LDFLAGS) $(LDLIBS)
 
+# The README's embedding example, likewise.
+$(BUILD)/example-embed: $(BUILD)/bench/example_embed.o $(BUILD)/libraftkv.a
+	$(CC) $(CFLAGS_ALL) -o $@ $^ $(LDFLAGS) $(LDLIBS)
+
 # The README's test command. Installs missing Debian packages first (see scripts/deps.sh).
 test: deps
-	$(MAKE) $(JOBS) $(BUILD)/test_raftkv $(BUILD)/example-ready-loop
+	$(MAKE) $(JOBS) $(BUILD)/test_raftkv $(BUILD)/example-ready-loop $(BUILD)/example-embed
 	$(BUILD)/example-ready-loop >$(BUILD)/example.log || { cat $(BUILD)/example.log; exit 1; }
+	$(BUILD)/example-embed >$(BUILD)/example-embed.log || { cat $(BUILD)/example-embed.log; exit 1; }
 	$(BUILD)/test_raftkv
 
 deps:
