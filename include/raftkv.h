@@ -97,17 +97,30 @@ typedef struct raftkv_options {
 	/* How long a blocking operation may take, in milliseconds, retries included (default
 	 * 5000). */
 	unsigned request_timeout_ms;
-	/* Log GC: compact when applied - first_index >= gc_threshold (default 10,000), keeping
-	 * gc_trailing entries behind the applied index (default 1,000; < gc_threshold).
-	 * gc_hard_limit (default 2 * gc_threshold, at most that) compacts even when a follower
-	 * still needs the entries; it then catches up by snapshot. (Validated now; log GC and the
-	 * snapshot transfer below are issue 5 and not wired in yet: the log grows.) */
+	/* Log GC, decided by each node for itself: compact when applied - first_index >=
+	 * gc_threshold (default 10,000), towards applied - gc_trailing (default 1,000;
+	 * < gc_threshold), never past the applied index. A leader keeps the entries that a
+	 * recently active follower, or a follower being sent a snapshot, still needs, unless
+	 * applied - first_index reaches gc_hard_limit (default 2 * gc_threshold; in
+	 * [gc_threshold, 2 * gc_threshold]): then it compacts anyway and that follower catches up
+	 * by snapshot. Each pass deletes at most 10,000 log rows plus the entries applied since
+	 * the previous pass, so the bound is
+	 *	applied - truncated <= gc_hard_limit <= 2 * gc_threshold
+	 * on every running node after each of its Readies; it therefore holds 0 ticks after a
+	 * workload stops (a node restarted with a longer log needs one tick per 10,000 excess
+	 * entries). Changing these on reopen is allowed. */
 	uint64_t gc_threshold;
 	uint64_t gc_trailing;
 	uint64_t gc_hard_limit;
-	/* Snapshot transfer: bytes per chunk (default 256 KiB), unacknowledged chunks per transfer
-	 * (default 8), outgoing transfers per node (default 2), and bytes per second per node
-	 * (default 0: no limit). */
+	/* Snapshot transfer: a lagging follower gets the leader's snapshot file in chunks of
+	 * snapshot_chunk_size bytes (default 256 KiB: big enough to amortise the receiver's
+	 * fsync and ack per chunk, small enough that window x chunk is a few MiB), with at most
+	 * snapshot_window unacknowledged chunks per transfer (default 8), at most
+	 * snapshot_max_concurrent outgoing transfers per node (default 2; more wait their turn),
+	 * and at most snapshot_rate_limit bytes per second per node (default 0: no limit; a
+	 * token bucket refilled every tick, a tick counting 10 ms under manual ticking). Memory
+	 * per transfer is bounded by window x chunk size on each side, whatever the data size.
+	 * Lost or corrupt chunks are resent from the last acknowledged offset. */
 	size_t snapshot_chunk_size;
 	unsigned snapshot_window;
 	unsigned snapshot_max_concurrent;
@@ -313,6 +326,9 @@ int raftkv_set_delay(raftkv *kv, unsigned min_ms, unsigned max_ms);
 int raftkv_set_duplicate_rate(raftkv *kv, double rate);
 /* Holds back this share of Raft messages for up to max_ms, so later ones overtake them. */
 int raftkv_set_reorder(raftkv *kv, double rate, unsigned max_ms);
+/* Flips one byte in this share of snapshot chunks (0.0 .. 1.0) without fixing their checksum;
+ * the receiver detects it and the chunk is resent. Cleared by raftkv_heal. */
+int raftkv_set_snapshot_corrupt_rate(raftkv *kv, double rate);
 
 #ifdef __cplusplus
 }

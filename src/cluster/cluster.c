@@ -523,6 +523,28 @@ static void cluster_send(void *ctx, const raft_message *m)
 	router_send_raft(kv->router, m);
 }
 
+/* node_config.send_item: snapshot chunks and acks go through the router as well. */
+static void cluster_send_item(void *ctx, uint64_t from, uint64_t to, int kind, void *ptr,
+                              size_t len)
+{
+	raftkv *kv = ctx;
+
+	router_send_snap(kv->router, from, to, kind, ptr, len);
+}
+
+/* snapshot_rate_limit (bytes per second) as bytes per tick; manual ticking (tick_ms 0) counts
+ * a tick as IDLE_PERIOD_MS. At least 1 when limited. */
+static uint64_t snapshot_bytes_per_tick(const raftkv_options *o)
+{
+	uint64_t ms = o->tick_ms != 0 ? o->tick_ms : IDLE_PERIOD_MS;
+	uint64_t per;
+
+	if (o->snapshot_rate_limit == 0)
+		return 0;
+	per = o->snapshot_rate_limit / 1000u * ms + o->snapshot_rate_limit % 1000u * ms / 1000u;
+	return per != 0 ? per : 1;
+}
+
 /*
  * Starts node id from its database and attaches it to the router. Caller holds life_mu (not
  * nodes_mu) and the slot is empty. The database must exist: the cluster created it, and a node that
@@ -559,7 +581,15 @@ static int start_node_locked(raftkv *kv, uint64_t id, char *errmsg, size_t len)
 	cfg.seed = kv->opts.seed;
 	cfg.mailbox_capacity = kv->opts.mailbox_capacity;
 	cfg.drain_cap = NODE_DRAIN_CAP;
+	cfg.gc_threshold = kv->opts.gc_threshold;
+	cfg.gc_trailing = kv->opts.gc_trailing;
+	cfg.gc_hard_limit = kv->opts.gc_hard_limit;
+	cfg.snapshot_chunk_size = kv->opts.snapshot_chunk_size;
+	cfg.snapshot_window = kv->opts.snapshot_window;
+	cfg.snapshot_max_concurrent = kv->opts.snapshot_max_concurrent;
+	cfg.snapshot_bytes_per_tick = snapshot_bytes_per_tick(&kv->opts);
 	cfg.send = cluster_send;
+	cfg.send_item = cluster_send_item;
 	cfg.changed = cluster_changed;
 	cfg.ctx = kv;
 	cfg.trace = kv->opts.trace;
@@ -1225,6 +1255,20 @@ int raftkv_set_duplicate_rate(raftkv *kv, double rate)
 		return rv;
 	if (rate_ok(rate))
 		router_set_duplicate_rate(kv->router, rate);
+	else
+		rv = RAFTKV_INVALID;
+	leave(kv);
+	return rv;
+}
+
+int raftkv_set_snapshot_corrupt_rate(raftkv *kv, double rate)
+{
+	int rv = enter(kv);
+
+	if (rv != RAFTKV_OK)
+		return rv;
+	if (rate_ok(rate))
+		router_set_corrupt_rate(kv->router, rate);
 	else
 		rv = RAFTKV_INVALID;
 	leave(kv);

@@ -10,6 +10,7 @@
 #include <time.h>
 
 #include "node/node.h"
+#include "node/snapxfer.h"
 
 /* Largest node count router_new accepts; bounds the per-link rate matrix (n * n doubles). */
 #define ROUTER_MAX_NODES 256u
@@ -28,13 +29,15 @@ typedef struct router_slot {
 	mailbox *mb;
 } router_slot;
 
-/* A delayed or reordered Raft message. `buf` (malloc'd, `len` bytes, an encoded raft_message) is
- * owned by the heap until the delivery thread pops it, then by that delivery. */
+/* A delayed or reordered item. `buf` (malloc'd, `len` bytes: an encoded raft_message for
+ * NODE_ITEM_RAFT, a snapxfer_chunk or snapxfer_ack for the snapshot kinds) is owned by the heap
+ * until the delivery thread pops it, then by that delivery. */
 typedef struct held_msg {
 	uint64_t due_ns; /* CLOCK_MONOTONIC */
 	uint64_t seq;    /* insertion order: equal due times leave in send order */
 	uint64_t from;
 	uint64_t to;
+	int kind; /* NODE_ITEM_RAFT, NODE_ITEM_SNAP_CHUNK or NODE_ITEM_SNAP_ACK */
 	void *buf;
 	size_t len;
 } held_msg;
@@ -62,7 +65,7 @@ struct router {
 	    cv; /* CLOCK_MONOTONIC; signalled on a new earliest held message and on stop */
 
 	/* Faults. Invariant: `faulty` == partitioned || drop > 0 || n_link_rates > 0 || dup > 0 ||
-	 * delay_max_ns > 0 || (reorder > 0 && reorder_max_ns > 0). */
+	 * delay_max_ns > 0 || (reorder > 0 && reorder_max_ns > 0) || corrupt > 0. */
 	bool partitioned;
 	unsigned char *in_group_a; /* n flags, owned; meaningful only while partitioned */
 	double drop;
@@ -73,7 +76,8 @@ struct router {
 	uint64_t delay_max_ns;
 	double reorder;
 	uint64_t reorder_max_ns;
-	uint64_t rng; /* splitmix64 state, seeded by router_new */
+	double corrupt; /* share of snapshot chunk copies damaged */
+	uint64_t rng;   /* splitmix64 state, seeded by router_new */
 
 	/* Held messages: a binary min-heap on (due_ns, seq), growing by doubling up to
 	 * ROUTER_MAX_HELD entries; a message that would exceed that is dropped. Owned. */
@@ -95,6 +99,9 @@ struct router {
 	atomic_uint_least64_t duplicated;
 	atomic_uint_least64_t held;
 	atomic_uint_least64_t requests;
+	atomic_uint_least64_t chunks;
+	atomic_uint_least64_t acks;
+	atomic_uint_least64_t corrupted;
 };
 
 static void stat_add(atomic_uint_least64_t *c, uint64_t v)
@@ -158,7 +165,8 @@ static double clamp_rate(double rate)
 static void update_faulty(router *r)
 {
 	bool any = r->partitioned || r->drop > 0.0 || r->n_link_rates > 0 || r->dup > 0.0 ||
-	           r->delay_max_ns > 0 || (r->reorder > 0.0 && r->reorder_max_ns > 0);
+	           r->delay_max_ns > 0 || (r->reorder > 0.0 && r->reorder_max_ns > 0) ||
+	           r->corrupt > 0.0;
 
 	atomic_store_explicit(&r->faulty, any, memory_order_release);
 }
@@ -241,13 +249,13 @@ static int push_item(router *r, uint64_t id, const mailbox_item *it, atomic_uint
 	return rc;
 }
 
-/* Delivers an encoded Raft message (buf owned by the caller until here; always consumed: pushed
- * or freed). */
-static void deliver_raft(router *r, uint64_t to, void *buf, size_t len)
+/* Delivers an item of kind (buf owned by the caller until here; always consumed: pushed or
+ * freed). */
+static void deliver_item(router *r, uint64_t to, int kind, void *buf, size_t len)
 {
-	mailbox_item it = {NODE_ITEM_RAFT, buf, len};
+	mailbox_item it = {kind, buf, len};
 
-	if (push_item(r, to, &it, &r->raft_delivered) == ROUTER_OK)
+	if (push_item(r, to, &it, kind == NODE_ITEM_RAFT ? &r->raft_delivered : NULL) == ROUTER_OK)
 		return;
 	free(buf);
 	stat_add(&r->dropped, 1);
@@ -324,10 +332,10 @@ static void heap_pop(router *r, held_msg *out)
 }
 
 /* Holds buf (owned by the caller until here; always consumed: held or freed) for hold_ns. */
-static void hold_raft(router *r, uint64_t from, uint64_t to, void *buf, size_t len,
+static void hold_item(router *r, uint64_t from, uint64_t to, int kind, void *buf, size_t len,
                       uint64_t hold_ns)
 {
-	held_msg m = {now_ns() + hold_ns, 0, from, to, buf, len};
+	held_msg m = {now_ns() + hold_ns, 0, from, to, kind, buf, len};
 	bool ok;
 
 	pthread_mutex_lock(&r->mu);
@@ -382,7 +390,7 @@ static void *delivery_main(void *arg)
 			free(m.buf);
 			stat_add(&r->dropped, 1);
 		} else {
-			deliver_raft(r, m.to, m.buf, m.len);
+			deliver_item(r, m.to, m.kind, m.buf, m.len);
 		}
 		pthread_mutex_lock(&r->mu);
 	}
@@ -537,9 +545,71 @@ void router_send_raft(router *r, const raft_message *m)
 	}
 	for (int i = 0; i < p.copies; i++) {
 		if (p.hold_ns[i] > 0)
-			hold_raft(r, m->from, m->to, buf[i], len, p.hold_ns[i]);
+			hold_item(r, m->from, m->to, NODE_ITEM_RAFT, buf[i], len, p.hold_ns[i]);
 		else
-			deliver_raft(r, m->to, buf[i], len);
+			deliver_item(r, m->to, NODE_ITEM_RAFT, buf[i], len);
+	}
+}
+
+/* Draws the corrupt fault for one chunk copy (len bytes at c): flips one byte of its data and
+ * leaves its crc alone. */
+static void maybe_corrupt(router *r, snapxfer_chunk *c, size_t len)
+{
+	size_t at;
+
+	if (len < sizeof(*c) || c->len == 0 || c->len > len - sizeof(*c) ||
+	    !atomic_load_explicit(&r->faulty, memory_order_acquire))
+		return;
+	pthread_mutex_lock(&r->mu);
+	if (!rng_chance(r, r->corrupt)) {
+		pthread_mutex_unlock(&r->mu);
+		return;
+	}
+	at = (size_t)(rng_next(r) % c->len);
+	pthread_mutex_unlock(&r->mu);
+	c->data[at] ^= 0x5a;
+	stat_add(&r->corrupted, 1);
+}
+
+void router_send_snap(router *r, uint64_t from, uint64_t to, int kind, void *ptr, size_t len)
+{
+	raft_plan p = {1, {0, 0}};
+	void *buf[2] = {ptr, NULL};
+
+	if (r == NULL || ptr == NULL) {
+		free(ptr);
+		return;
+	}
+	stat_add(kind == NODE_ITEM_SNAP_CHUNK ? &r->chunks : &r->acks, 1);
+	if (!valid_id(r, to) || (kind != NODE_ITEM_SNAP_CHUNK && kind != NODE_ITEM_SNAP_ACK)) {
+		free(ptr);
+		stat_add(&r->dropped, 1);
+		return;
+	}
+	if (atomic_load_explicit(&r->faulty, memory_order_acquire))
+		p = plan_raft(r, from, to);
+	if (p.copies == 0) {
+		free(ptr);
+		stat_add(&r->dropped, 1);
+		return;
+	}
+	if (p.copies == 2) {
+		stat_add(&r->duplicated, 1);
+		buf[1] = malloc(len);
+		if (buf[1] == NULL) {
+			stat_add(&r->dropped, 1);
+			p.copies = 1;
+		} else {
+			memcpy(buf[1], buf[0], len);
+		}
+	}
+	for (int i = 0; i < p.copies; i++) {
+		if (kind == NODE_ITEM_SNAP_CHUNK)
+			maybe_corrupt(r, buf[i], len);
+		if (p.hold_ns[i] > 0)
+			hold_item(r, from, to, kind, buf[i], len, p.hold_ns[i]);
+		else
+			deliver_item(r, to, kind, buf[i], len);
 	}
 }
 
@@ -648,6 +718,7 @@ void router_heal(router *r)
 	r->delay_min_ns = r->delay_max_ns = 0;
 	r->reorder = 0.0;
 	r->reorder_max_ns = 0;
+	r->corrupt = 0.0;
 	update_faulty(r);
 	pthread_mutex_unlock(&r->mu);
 }
@@ -719,6 +790,16 @@ void router_set_reorder(router *r, double rate, unsigned max_ms)
 	pthread_mutex_unlock(&r->mu);
 }
 
+void router_set_corrupt_rate(router *r, double rate)
+{
+	if (r == NULL)
+		return;
+	pthread_mutex_lock(&r->mu);
+	r->corrupt = clamp_rate(rate);
+	update_faulty(r);
+	pthread_mutex_unlock(&r->mu);
+}
+
 void router_stats_get(router *r, router_stats *out)
 {
 	if (out == NULL)
@@ -732,4 +813,7 @@ void router_stats_get(router *r, router_stats *out)
 	out->duplicated = atomic_load_explicit(&r->duplicated, memory_order_relaxed);
 	out->held = atomic_load_explicit(&r->held, memory_order_relaxed);
 	out->requests = atomic_load_explicit(&r->requests, memory_order_relaxed);
+	out->chunks = atomic_load_explicit(&r->chunks, memory_order_relaxed);
+	out->acks = atomic_load_explicit(&r->acks, memory_order_relaxed);
+	out->corrupted = atomic_load_explicit(&r->corrupted, memory_order_relaxed);
 }

@@ -15,6 +15,8 @@
  *   - Raft messages, encoded with raft_message_encode (the receiver decodes them, so the wire
  *     format is exercised and a corrupted message is only ever hostile bytes);
  *   - client requests (a reference per delivered copy);
+ *   - snapshot chunks and their acks (NODE_ITEM_SNAP_CHUNK, NODE_ITEM_SNAP_ACK; node/snapxfer.h),
+ *     subject to the same faults as Raft messages between the same nodes;
  *   - control items (transfer, campaign).
  *
  * Faults (all off after router_new and router_heal):
@@ -24,10 +26,14 @@
  *   - duplicate: a rate; Raft messages and client requests are delivered twice;
  *   - delay: each Raft message is held for a uniform time in [min, max] ms; reorder: a share of
  *     Raft messages is held for up to max ms. Held messages sit in a bounded queue
- *     (ROUTER_MAX_HELD messages and ROUTER_MAX_HELD_BYTES; beyond that they are dropped) served by
- * the router's own thread, which sleeps on a condition variable until the next one is due (no
- * polling). Partitions and link drops apply to Raft messages only: clients reach every running
- * node. Fault decisions draw from one PRNG seeded by router_new's seed, under a mutex.
+ *     (ROUTER_MAX_HELD messages and ROUTER_MAX_HELD_BYTES; beyond that they are dropped) served
+ *     by the router's own thread, which sleeps on a condition variable until the next one is
+ *     due (no polling);
+ *   - corrupt: a share of snapshot chunk copies gets one byte of its data flipped, with its crc
+ *     left as it was (the receiver must notice).
+ * Snapshot chunks and acks get every fault Raft messages get. Partitions and link drops apply to
+ * Raft messages and snapshot items only: clients reach every running node. Fault decisions draw
+ * from one PRNG seeded by router_new's seed, under a mutex.
  *
  * Thread safety: every function may be called from any thread. A push into a mailbox happens
  * under the destination's read lock; router_detach takes the write lock, so once it returns no
@@ -69,6 +75,14 @@ void router_send_raft(router *r, const raft_message *m);
  */
 int router_send_request(router *r, uint64_t to, request *req, uint64_t attempt);
 
+/*
+ * Sends a snapshot item from -> to: kind NODE_ITEM_SNAP_CHUNK (ptr a snapxfer_chunk of len bytes)
+ * or NODE_ITEM_SNAP_ACK (ptr a snapxfer_ack). ptr (malloc'd, len bytes) is always consumed:
+ * delivered as the item's ptr (the node frees it), held, or freed when dropped. A duplicate is a
+ * copy of the len bytes. Faults as for Raft messages, plus corruption of chunks.
+ */
+void router_send_snap(router *r, uint64_t from, uint64_t to, int kind, void *ptr, size_t len);
+
 /* Pushes a control item (NODE_ITEM_TRANSFER, NODE_ITEM_CAMPAIGN) with arg to node `to`, without
  * faults. ROUTER_OK, ROUTER_DOWN or ROUTER_FULL. */
 int router_send_control(router *r, uint64_t to, int kind, uint64_t arg);
@@ -83,6 +97,7 @@ void router_set_link_drop_rate(router *r, uint64_t from, uint64_t to, double rat
 void router_set_duplicate_rate(router *r, double rate);
 void router_set_delay(router *r, unsigned min_ms, unsigned max_ms);
 void router_set_reorder(router *r, double rate, unsigned max_ms);
+void router_set_corrupt_rate(router *r, double rate);
 
 /* Counters since router_new. */
 typedef struct router_stats {
@@ -90,8 +105,11 @@ typedef struct router_stats {
 	uint64_t raft_delivered; /* copies pushed into a mailbox */
 	uint64_t dropped;        /* by faults, stopped nodes or full mailboxes */
 	uint64_t duplicated;
-	uint64_t held;     /* delayed or reordered */
-	uint64_t requests; /* client request copies pushed */
+	uint64_t held;      /* delayed or reordered */
+	uint64_t requests;  /* client request copies pushed */
+	uint64_t chunks;    /* snapshot chunks handed to router_send_snap */
+	uint64_t acks;      /* snapshot acks handed to router_send_snap */
+	uint64_t corrupted; /* chunk copies the corrupt fault damaged */
 } router_stats;
 void router_stats_get(router *r, router_stats *out);
 

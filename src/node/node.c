@@ -23,6 +23,23 @@
  * this bounds how long a copy can sit here while the node stays leader. */
 #define NODE_READ_EXPIRY_ELECTIONS 2u
 
+/* Log rows one GC pass deletes, on top of the entries applied since the previous pass (see
+ * node_gc). */
+#define NODE_GC_ROWS 10000u
+
+/* Snapshot transfer defaults (node_config zeros). 256 KiB chunks: large enough that the
+ * per-chunk costs (one fdatasync on the receiver, one ack, one mailbox slot) are amortised over
+ * a disk's sequential bandwidth (a 256 KiB fdatasync costs about as much as a 4 KiB one on SSDs),
+ * small enough that window x chunk (2 MiB with the default window of 8) stays a trivial memory
+ * bound per transfer and one pread never stalls the loop. A window of 8 keeps the pipe full while
+ * the receiver fsyncs each chunk (about 8 fsync round trips of bandwidth-delay). */
+#define NODE_SNAP_CHUNK_DEFAULT      (256u << 10)
+#define NODE_SNAP_WINDOW_DEFAULT     8u
+#define NODE_SNAP_CONCURRENT_DEFAULT 2u
+#define NODE_SNAP_MAX_TIMEOUTS       5u /* progress timeouts in a row before giving up */
+#define NODE_SNAP_STALE_ELECTIONS    2u /* a silent incoming transfer may be superseded */
+#define NODE_SNAP_GC_ELECTIONS       1u /* period of store_snapshot_gc */
+
 /* A write proposed as leader, waiting for its entry (index, term) to apply. */
 typedef struct node_waiter {
 	uint64_t index;
@@ -79,16 +96,32 @@ struct node {
 	/* Owned by the node thread (by node_start before it runs, node_stop after the join). */
 	node_waiters waiters;
 	node_reads reads;
-	uint64_t next_ctx;                 /* last ReadIndex context issued */
-	uint64_t tick_count;               /* ticks handled since start */
-	uint64_t snap_to[RAFT_MAX_VOTERS]; /* peers whose snapshot this Ready did not send */
-	size_t n_snap_to;
-	int failed; /* RAFTKV_OK, or the error that fail-stopped the node */
+	uint64_t next_ctx;   /* last ReadIndex context issued */
+	uint64_t tick_count; /* ticks handled since start */
+	int failed;          /* RAFTKV_OK, or the error that fail-stopped the node */
 	char failure[128];
 	bool failure_published;
 	uint64_t proposals;
 	uint64_t reads_served;
 	uint64_t fsyncs;
+
+	/* Snapshots and log GC; node thread only. */
+	raft_storage storage;      /* the store's, snapshot() wrapped; ctx is the node */
+	const raft_storage *inner; /* the store's own (valid while the store lives) */
+	snapxfer_sender *sx_out;   /* owned; freed by node_stop */
+	snapxfer_receiver *sx_in;  /* owned; freed by node_stop; borrows the store */
+	unsigned snap_max;         /* outgoing transfers at once */
+	/* Snapshots storage handed to the rawnode whose messages have not started a transfer yet
+	 * (reset once the Ready holding those messages is sent): they count against snap_max. */
+	unsigned snap_granted;
+	/* Between raft_rawnode_ready and advance, reports to the rawnode wait here (deduplicated
+	 * by peer, the last outcome wins) and are made after the advance. */
+	bool in_ready;
+	uint64_t deferred_to[RAFT_MAX_VOTERS];
+	bool deferred_ok[RAFT_MAX_VOTERS];
+	size_t n_deferred;
+	uint64_t gc_mark;     /* applied index at the previous node_gc */
+	uint64_t snap_gc_due; /* tick_count of the next store_snapshot_gc */
 
 	/* Written by whoever owns the node's state (above), read by node_status_get. */
 	pthread_mutex_t status_mu;
@@ -599,12 +632,25 @@ static void node_publish(node *n, bool notify)
 	s.proposals = n->proposals;
 	s.reads = n->reads_served;
 	s.fsyncs = n->fsyncs;
+	if (n->sx_out != NULL) {
+		snapxfer_sender_stats so;
+		snapxfer_receiver_stats si;
+
+		snapxfer_sender_stats_get(n->sx_out, &so);
+		snapxfer_receiver_stats_get(n->sx_in, &si);
+		s.snapshots_sent = so.completed;
+		s.snapshot_bytes_sent = so.bytes_sent;
+		s.snapshots_received = si.installed;
+		s.snapshot_bytes_received = si.bytes_received;
+	}
 	s.failed = n->failed;
 	memcpy(s.failure, n->failure, sizeof(s.failure));
 	pthread_mutex_lock(&n->status_mu);
 	changed = s.role != n->status.role || s.leader != n->status.leader ||
 	          s.term != n->status.term || s.commit != n->status.commit ||
-	          s.applied != n->status.applied || s.failed != n->status.failed;
+	          s.applied != n->status.applied || s.failed != n->status.failed ||
+	          s.snapshots_sent != n->status.snapshots_sent ||
+	          s.snapshots_received != n->status.snapshots_received;
 	n->status = s;
 	pthread_mutex_unlock(&n->status_mu);
 	if (notify && changed && n->cfg.changed != NULL)
@@ -753,8 +799,9 @@ static void node_on_raft(node *n, void *buf, size_t len)
 		return;
 	}
 	if (m.type == RAFT_MSG_SNAPSHOT) {
-		/* Issue 5: a snapshot arrives by chunked transfer; until then it is dropped. */
-		node_trace(n, "dropped a SNAPSHOT message (transfer not implemented)");
+		/* Snapshots arrive as chunks (node_on_chunk); a bare one names a file this node
+		 * never staged, which the store would refuse to install. */
+		node_trace(n, "dropped a SNAPSHOT message that came without its chunks");
 	} else if (n->failed == RAFTKV_OK) {
 		rv = raft_rawnode_step(n->rn, &m);
 		if (rv != RAFT_OK)
@@ -763,11 +810,341 @@ static void node_on_raft(node *n, void *buf, size_t len)
 	raft_message_free(&m);
 }
 
+/* ------------------------------------------------------------------------------------------ */
+/* Snapshot transfer                                                                          */
+/* ------------------------------------------------------------------------------------------ */
+
+/* raft_rawnode_report_snapshot, deferred past the advance while a Ready is outstanding. */
+static void node_report_snapshot(void *ctx, uint64_t to, bool ok)
+{
+	node *n = ctx;
+	size_t i;
+	int rv;
+
+	if (n->failed != RAFTKV_OK)
+		return;
+	if (!n->in_ready) {
+		rv = raft_rawnode_report_snapshot(n->rn, to, ok);
+		if (rv != RAFT_OK)
+			node_check_raft(n, rv, "report snapshot");
+		return;
+	}
+	for (i = 0; i < n->n_deferred && n->deferred_to[i] != to; i++)
+		;
+	if (i == RAFT_MAX_VOTERS)
+		return; /* more peers than a cluster has: not a peer */
+	n->deferred_to[i] = to;
+	n->deferred_ok[i] = ok;
+	if (i == n->n_deferred)
+		n->n_deferred++;
+}
+
+static void node_flush_reports(node *n)
+{
+	size_t k = n->n_deferred;
+
+	n->n_deferred = 0;
+	for (size_t i = 0; i < k; i++)
+		node_report_snapshot(n, n->deferred_to[i], n->deferred_ok[i]);
+}
+
+/* snapxfer's send_chunk: c (malloc'd) goes to the transport, which owns it from here. */
+static void node_send_chunk(void *ctx, snapxfer_chunk *c)
+{
+	node *n = ctx;
+
+	if (n->cfg.send_item == NULL) {
+		free(c);
+		return;
+	}
+	n->cfg.send_item(n->cfg.ctx, n->id, c->to, NODE_ITEM_SNAP_CHUNK, c, sizeof(*c) + c->len);
+}
+
+/* snapxfer's send_ack: a (borrowed) is copied for the transport. */
+static void node_send_ack(void *ctx, const snapxfer_ack *a)
+{
+	node *n = ctx;
+	snapxfer_ack *copy;
+
+	if (n->cfg.send_item == NULL || (copy = malloc(sizeof(*copy))) == NULL)
+		return; /* a lost ack: the sender resends */
+	*copy = *a;
+	n->cfg.send_item(n->cfg.ctx, n->id, a->to, NODE_ITEM_SNAP_ACK, copy, sizeof(*copy));
+}
+
+/*
+ * The rawnode wants to send snapshot m (borrowed) to m->to: start (or restart) a chunked
+ * transfer of its file. Anything that prevents it is reported as a failed snapshot, so the
+ * follower leaves the snapshot state and is probed again.
+ */
+static void node_start_transfer(node *n, const raft_message *m)
+{
+	store_snapshot_id id;
+	char *path = NULL;
+	int rv = STORE_ERR_INVALID;
+
+	if (n->cfg.send_item != NULL &&
+	    store_snapshot_id_decode(m->snapshot.data, m->snapshot.len, &id) == STORE_OK)
+		rv = store_snapshot_path(n->store, &id, &path, NULL);
+	if (rv == STORE_OK)
+		rv = snapxfer_sender_start(n->sx_out, m, path) == SNAPXFER_OK ? STORE_OK
+		                                                              : STORE_ERR_IO;
+	free(path);
+	if (rv == STORE_OK)
+		return;
+	if (store_failed(n->store) != STORE_OK) {
+		node_fail(n, rv, "sending a snapshot");
+		return;
+	}
+	node_trace(n, "could not start a snapshot transfer");
+	node_report_snapshot(n, m->to, false);
+}
+
+/* A chunk (c, len bytes, malloc'd; freed here). A complete snapshot is stepped into the rawnode;
+ * the next Ready says whether it was installed (node_resolve_snapshot). */
+static void node_on_chunk(node *n, snapxfer_chunk *c, size_t len)
+{
+	raft_message m;
+	raft_status st;
+	int rv;
+
+	if (n->failed != RAFTKV_OK || len < sizeof(*c) || c->len != len - sizeof(*c)) {
+		free(c);
+		return;
+	}
+	raft_rawnode_status(n->rn, &st);
+	rv = snapxfer_receiver_on_chunk(n->sx_in, c, n->tick_count, st.commit, &m);
+	free(c);
+	if (rv < 0) {
+		node_fail(n, rv, "receiving a snapshot");
+		return;
+	}
+	if (rv != SNAPXFER_RECV_COMPLETE)
+		return;
+	rv = raft_rawnode_step(n->rn, &m);
+	raft_message_free(&m);
+	if (rv != RAFT_OK) {
+		snapxfer_receiver_abort(n->sx_in);
+		node_check_raft(n, rv, "step snapshot");
+		return;
+	}
+	/* Ignored without even a response (a stale term): no Ready will name it. */
+	if (!raft_rawnode_has_ready(n->rn))
+		snapxfer_receiver_resolve(n->sx_in, false);
+}
+
+/* In the Ready after a snapshot was stepped, once it is persisted: installed if the Ready
+ * carried that very snapshot; otherwise raft ignored it (at or below commit, or fast-forwarded)
+ * and the staging is discarded. Either way the sender gets DONE. */
+static void node_resolve_snapshot(node *n, const raft_ready *rd)
+{
+	store_snapshot_id want, got;
+	bool installed;
+
+	if (!snapxfer_receiver_pending(n->sx_in, &want))
+		return;
+	installed =
+	    rd->has_snapshot &&
+	    store_snapshot_id_decode(rd->snapshot.data, rd->snapshot.len, &got) == STORE_OK &&
+	    got.node_id == want.node_id && got.index == want.index && got.term == want.term &&
+	    got.nonce == want.nonce;
+	snapxfer_receiver_resolve(n->sx_in, installed);
+}
+
+/* An ack (a, len bytes, malloc'd; freed here). A finished transfer shows in the status at once
+ * (and wakes cluster waiters), since no Ready may follow it. */
+static void node_on_ack(node *n, snapxfer_ack *a, size_t len)
+{
+	snapxfer_sender_stats before, after;
+
+	if (n->failed == RAFTKV_OK && len == sizeof(*a)) {
+		snapxfer_sender_stats_get(n->sx_out, &before);
+		snapxfer_sender_on_ack(n->sx_out, a);
+		snapxfer_sender_stats_get(n->sx_out, &after);
+		if (after.completed != before.completed)
+			node_publish(n, true);
+	}
+	free(a);
+}
+
+/* ---- the storage the rawnode reads: the store's, with snapshot() bounded ------------------ */
+
+static int node_st_initial_state(void *ctx, raft_hard_state *hs, raft_conf_state *cs)
+{
+	const raft_storage *in = ((node *)ctx)->inner;
+
+	return in->initial_state(in->ctx, hs, cs);
+}
+
+static int node_st_entries(void *ctx, uint64_t lo, uint64_t hi, uint64_t max_size, raft_entry **out,
+                           size_t *n)
+{
+	const raft_storage *in = ((node *)ctx)->inner;
+
+	return in->entries(in->ctx, lo, hi, max_size, out, n);
+}
+
+static int node_st_term(void *ctx, uint64_t i, uint64_t *term)
+{
+	const raft_storage *in = ((node *)ctx)->inner;
+
+	return in->term(in->ctx, i, term);
+}
+
+static int node_st_first_index(void *ctx, uint64_t *index)
+{
+	const raft_storage *in = ((node *)ctx)->inner;
+
+	return in->first_index(in->ctx, index);
+}
+
+static int node_st_last_index(void *ctx, uint64_t *index)
+{
+	const raft_storage *in = ((node *)ctx)->inner;
+
+	return in->last_index(in->ctx, index);
+}
+
+/* At most snap_max outgoing transfers: further requests wait their turn, and the rawnode sees
+ * "temporarily unavailable" and asks again at a later probe. The store says the same while it
+ * dumps a new snapshot on its helper thread. */
+static int node_st_snapshot(void *ctx, raft_snapshot *out)
+{
+	node *n = ctx;
+	int rv;
+
+	if (snapxfer_sender_active(n->sx_out) + n->snap_granted >= n->snap_max)
+		return RAFT_ERR_SNAPSHOT_TEMPORARILY_UNAVAILABLE;
+	rv = n->inner->snapshot(n->inner->ctx, out);
+	if (rv == RAFT_OK)
+		n->snap_granted++;
+	return rv;
+}
+
+static void node_storage_init(node *n)
+{
+	n->inner = store_raft_storage(n->store);
+	n->storage = (raft_storage){.ctx = n,
+	                            .initial_state = node_st_initial_state,
+	                            .entries = node_st_entries,
+	                            .term = node_st_term,
+	                            .first_index = node_st_first_index,
+	                            .last_index = node_st_last_index,
+	                            .snapshot = node_st_snapshot};
+}
+
+/* ---- log GC ------------------------------------------------------------------------------- */
+
+/*
+ * The highest index a leader below the hard limit may compact to: not past the match of a
+ * follower that is recently active (it is replicating or probing and would otherwise need a
+ * snapshot), nor past a snapshot being sent (the pending_snapshot of a follower in snapshot
+ * state, and every transfer this node runs): a follower installing it continues from the entry
+ * after it, which must still be here. That is what prevents the snapshot livelock (a follower
+ * that finishes installing and finds the next entries gone, needing another snapshot, forever).
+ */
+static uint64_t node_gc_protect(node *n, const raft_status *st, uint64_t target)
+{
+	uint64_t sending = snapxfer_sender_min_index(n->sx_out);
+
+	for (size_t i = 0; i < st->n_peers; i++) {
+		const raft_peer_status *p = &st->peers[i];
+
+		if (p->id == n->id)
+			continue;
+		if (p->state == RAFT_PROGRESS_SNAPSHOT) {
+			if (p->pending_snapshot != 0 && p->pending_snapshot < target)
+				target = p->pending_snapshot;
+		} else if (p->recent_active && p->match < target) {
+			target = p->match;
+		}
+	}
+	return sending < target ? sending : target;
+}
+
+/*
+ * Log GC, decided by this peer alone (as etcd does: compaction is local state, nothing is
+ * proposed). Called after every Ready (after the advance) and every pass that ran ticks. With
+ * A the applied index, F the first log index, T gc_threshold, R gc_trailing, H gc_hard_limit
+ * (T <= H <= 2T) and n the entries applied since the previous call:
+ *   - A - F < T: nothing;
+ *   - T <= A - F < H: compact towards A - R, a leader stopping at node_gc_protect's bound;
+ *   - A - F >= H: compact towards A - R whatever the followers need; a lagging follower then
+ *     catches up by snapshot. Only here can the snapshot livelock happen: a follower whose
+ *     snapshot transfer takes so long that the leader applies H - R more entries meanwhile
+ *     finds the entries after its snapshot gone and needs a new one.
+ * Each call deletes at most NODE_GC_ROWS + n rows. The bound: A - F < H after every call.
+ * Proof: it held after the previous call (A - n - F < H); if now A - F >= H, this call deletes
+ * min(NODE_GC_ROWS + n, A - R - F + 1) rows, leaving A - F <= max(R - 1, A - n - F - NODE_GC_ROWS)
+ * < H. A changes only in a Ready, and every Ready is followed by a call, so A - truncated =
+ * A - F + 1 <= H <= 2T holds whenever the node is between passes, and so at once when a
+ * workload stops. After a restart with a longer log (a smaller threshold, or a log from before
+ * GC), it takes ceil((A - F - H) / NODE_GC_ROWS) + 1 passes, each tick making one.
+ */
+static void node_gc(node *n)
+{
+	uint64_t applied, first, target, rows, hard;
+	raft_status st;
+	bool more = false;
+	int rv;
+
+	if (n->cfg.gc_threshold == 0 || n->failed != RAFTKV_OK)
+		return;
+	applied = store_applied_index(n->store);
+	rows = NODE_GC_ROWS + (applied > n->gc_mark ? applied - n->gc_mark : 0);
+	n->gc_mark = applied;
+	raft_rawnode_status(n->rn, &st);
+	first = st.first_index;
+	if (applied < first || applied - first < n->cfg.gc_threshold)
+		return;
+	hard = n->cfg.gc_hard_limit != 0 ? n->cfg.gc_hard_limit : 2 * n->cfg.gc_threshold;
+	target = applied - n->cfg.gc_trailing;
+	if (applied - first < hard && st.role == RAFT_LEADER)
+		target = node_gc_protect(n, &st, target);
+	if (target < first)
+		return;
+	rv = store_compact(n->store, target, rows, &more);
+	if (rv == STORE_OK || rv == STORE_ERR_INVALID || rv == RAFT_ERR_COMPACTED)
+		return; /* the refusals cannot happen here (target in [first, applied]) */
+	node_fail(n, rv, "log GC");
+}
+
+/* Snapshot files: keep the ones being sent (and the store keeps its newest). */
+static void node_snapshot_gc(node *n)
+{
+	store_snapshot_id keep[RAFT_MAX_VOTERS];
+	size_t k;
+
+	if (n->tick_count < n->snap_gc_due || n->failed != RAFTKV_OK)
+		return;
+	n->snap_gc_due = n->tick_count + (uint64_t)NODE_SNAP_GC_ELECTIONS * n->cfg.election_tick;
+	k = snapxfer_sender_ids(n->sx_out, keep, RAFT_MAX_VOTERS);
+	store_snapshot_gc(n->store, keep, k);
+}
+
+/* After a Ready: transfers of an earlier term or of a node no longer leader end unreported (the
+ * rawnode reset every follower's progress when its role or term changed). */
+static void node_cancel_stale_transfers(node *n)
+{
+	raft_status st;
+
+	if (snapxfer_sender_active(n->sx_out) == 0)
+		return;
+	raft_rawnode_status(n->rn, &st);
+	snapxfer_sender_cancel_stale(n->sx_out, st.role == RAFT_LEADER, st.term);
+}
+
 static void node_handle_item(node *n, const mailbox_item *it)
 {
 	int rv = RAFT_OK;
 
 	switch (it->kind) {
+	case NODE_ITEM_SNAP_CHUNK:
+		node_on_chunk(n, it->ptr, (size_t)it->arg);
+		return;
+	case NODE_ITEM_SNAP_ACK:
+		node_on_ack(n, it->ptr, (size_t)it->arg);
+		return;
 	case NODE_ITEM_RAFT:
 		node_on_raft(n, it->ptr, (size_t)it->arg);
 		return;
@@ -792,7 +1169,8 @@ static void node_handle_item(node *n, const mailbox_item *it)
 /* Frees or answers an item without any Raft work (stopping). */
 static void node_discard_item(node *n, const mailbox_item *it)
 {
-	if (it->kind == NODE_ITEM_RAFT)
+	if (it->kind == NODE_ITEM_RAFT || it->kind == NODE_ITEM_SNAP_CHUNK ||
+	    it->kind == NODE_ITEM_SNAP_ACK)
 		free(it->ptr);
 	else if (it->kind == NODE_ITEM_REQUEST)
 		node_answer_status(n, it->ptr, it->arg, REQUEST_RETRY, 0);
@@ -805,18 +1183,10 @@ static void node_discard_item(node *n, const mailbox_item *it)
 static void node_send_all(node *n, const raft_message *ms, size_t count)
 {
 	for (size_t i = 0; i < count; i++) {
-		if (ms[i].type == RAFT_MSG_SNAPSHOT) {
-			/* Issue 5: snapshots go by chunked transfer; until then the send "fails".
-			 */
-			bool seen = false;
-
-			for (size_t k = 0; k < n->n_snap_to; k++)
-				seen = seen || n->snap_to[k] == ms[i].to;
-			if (!seen && n->n_snap_to < RAFT_MAX_VOTERS)
-				n->snap_to[n->n_snap_to++] = ms[i].to;
-			continue;
-		}
-		n->cfg.send(n->cfg.ctx, &ms[i]);
+		if (ms[i].type == RAFT_MSG_SNAPSHOT)
+			node_start_transfer(n, &ms[i]);
+		else
+			n->cfg.send(n->cfg.ctx, &ms[i]);
 	}
 }
 
@@ -831,7 +1201,7 @@ static void node_handle_ready(node *n)
 		node_check_raft(n, rv, "ready");
 		return;
 	}
-	n->n_snap_to = 0;
+	n->in_ready = true;
 	node_send_all(n, rd.messages, rd.n_messages);
 	rv = store_persist_ready(n->store, &rd);
 	if (rv != STORE_OK) {
@@ -840,7 +1210,11 @@ static void node_handle_ready(node *n)
 	}
 	if (rd.must_sync && n->cfg.store.sync == STORE_SYNC_FULL)
 		n->fsyncs++;
+	node_resolve_snapshot(n, &rd);
 	node_send_all(n, rd.persisted_messages, rd.n_persisted_messages);
+	n->snap_granted = 0; /* every snapshot granted before this Ready has its transfer now */
+	if (rd.has_snapshot)
+		node_waiters_sweep(n);
 	if (rd.n_committed_entries > 0) {
 		rv = store_apply(n->store, rd.committed_entries, rd.n_committed_entries,
 		                 node_on_applied, n);
@@ -855,15 +1229,16 @@ static void node_handle_ready(node *n)
 	if (n->failed != RAFTKV_OK)
 		return;
 	rv = raft_rawnode_advance(n->rn);
+	n->in_ready = false;
 	if (rv != RAFT_OK) {
 		node_check_raft(n, rv, "advance");
 		return;
 	}
-	for (size_t k = 0; k < n->n_snap_to; k++) {
-		rv = raft_rawnode_report_snapshot(n->rn, n->snap_to[k], false);
-		if (rv != RAFT_OK)
-			node_check_raft(n, rv, "report snapshot");
-	}
+	node_flush_reports(n);
+	node_cancel_stale_transfers(n);
+	node_gc(n);
+	if (n->failed != RAFTKV_OK)
+		return;
 	rv = store_maybe_checkpoint(n->store);
 	if (rv != STORE_OK)
 		node_fail(n, rv, "checkpoint");
@@ -893,6 +1268,11 @@ static void node_take_ticks(node *n)
 			if (n->failed != RAFTKV_OK)
 				return;
 		}
+		snapxfer_sender_tick(n->sx_out);
+	}
+	if (t > 0) {
+		node_gc(n);
+		node_snapshot_gc(n);
 	}
 }
 
@@ -983,7 +1363,7 @@ static int node_new_rawnode(node *n, char *errmsg, size_t errmsg_len)
 	c.id = n->id;
 	c.election_tick = n->cfg.election_tick;
 	c.heartbeat_tick = n->cfg.heartbeat_tick;
-	c.storage = store_raft_storage(n->store);
+	c.storage = &n->storage;
 	c.applied = store_applied_index(n->store);
 	c.max_size_per_msg = NODE_MAX_SIZE_PER_MSG;
 	c.max_inflight_msgs = NODE_MAX_INFLIGHT_MSGS;
@@ -1005,9 +1385,54 @@ static int node_new_rawnode(node *n, char *errmsg, size_t errmsg_len)
 	return RAFTKV_OK;
 }
 
+/* The transfer machines, from the configuration (zeros select the defaults). */
+static int node_new_snapxfer(node *n, char *errmsg, size_t errmsg_len)
+{
+	const node_config *c = &n->cfg;
+	unsigned et = c->election_tick > 0 ? (unsigned)c->election_tick : 2u;
+	snapxfer_sender_config so = {
+	    .self = n->id,
+	    .chunk_size =
+	        c->snapshot_chunk_size != 0 ? c->snapshot_chunk_size : NODE_SNAP_CHUNK_DEFAULT,
+	    .window = c->snapshot_window != 0 ? c->snapshot_window : NODE_SNAP_WINDOW_DEFAULT,
+	    .max_concurrent = c->snapshot_max_concurrent != 0 ? c->snapshot_max_concurrent
+	                                                      : NODE_SNAP_CONCURRENT_DEFAULT,
+	    .bytes_per_tick = c->snapshot_bytes_per_tick,
+	    .timeout_ticks = c->snapshot_timeout_ticks != 0 ? c->snapshot_timeout_ticks
+	                     : et / 2 > 2                   ? et / 2
+	                                                    : 2,
+	    .max_timeouts = NODE_SNAP_MAX_TIMEOUTS,
+	    .send_chunk = node_send_chunk,
+	    .report = node_report_snapshot,
+	    .ctx = n};
+	snapxfer_receiver_config ro = {.self = n->id,
+	                               .store = n->store,
+	                               .stale_ticks = NODE_SNAP_STALE_ELECTIONS * et,
+	                               .send_ack = node_send_ack,
+	                               .ctx = n};
+
+	n->snap_max = so.max_concurrent;
+	n->sx_out = snapxfer_sender_new(&so);
+	n->sx_in = snapxfer_receiver_new(&ro);
+	if (n->sx_out != NULL && n->sx_in != NULL)
+		return RAFTKV_OK;
+	node_errmsg(errmsg, errmsg_len, "node %llu: snapshot transfer: bad options or no memory",
+	            (unsigned long long)n->id);
+	return so.chunk_size > SNAPXFER_MAX_CHUNK ? RAFTKV_INVALID : RAFTKV_NOMEM;
+}
+
+static void node_free_snapxfer(node *n)
+{
+	snapxfer_sender_free(n->sx_out);
+	n->sx_out = NULL;
+	snapxfer_receiver_free(n->sx_in);
+	n->sx_in = NULL;
+}
+
 /* Frees everything node_start may have built; the thread is not running. */
 static void node_destroy(node *n)
 {
+	node_free_snapxfer(n);
 	raft_rawnode_free(n->rn);
 	store_close(n->store);
 	mailbox_destroy(n->mb);
@@ -1046,6 +1471,10 @@ int node_start(const node_config *cfg, node **out, char *errmsg, size_t errmsg_l
 	n->cfg.db_path = NULL;
 	n->cfg.dir = NULL;
 	n->cfg.store.vfs = NULL;
+	if (rc == RAFTKV_OK) {
+		node_storage_init(n);
+		rc = node_new_snapxfer(n, errmsg, errmsg_len);
+	}
 	if (rc == RAFTKV_OK)
 		rc = node_new_rawnode(n, errmsg, errmsg_len);
 	if (rc == RAFTKV_OK) {
@@ -1096,6 +1525,8 @@ void node_stop(node *n)
 	while (mailbox_pop(n->mb, &it) == MAILBOX_OK)
 		node_discard_item(n, &it);
 	node_release_all(n);
+	node_publish(n, false); /* the last counters, for the status kept while stopped */
+	node_free_snapxfer(n);
 	raft_rawnode_free(n->rn);
 	n->rn = NULL;
 	store_close(n->store);

@@ -8,6 +8,7 @@
 
 #include "node/mailbox.h"
 #include "node/request.h"
+#include "node/snapxfer.h"
 #include "raft.h"
 #include "raftkv.h"
 #include "store/store.h"
@@ -26,7 +27,8 @@
  *      c. send rd.persisted_messages;
  *      d. apply rd.committed_entries (store_apply) and answer the writes waiting on them;
  *      e. record rd.read_states and answer every read whose index is now applied;
- *      f. advance; publish the status; checkpoint the WAL if it is due;
+ *      f. advance; publish the status; compact the log (log GC, below); checkpoint the WAL if
+ *         it is due;
  *   4. park on the mailbox when there is nothing to do (never spin).
  * Draining before each Ready is the group commit: one transaction, one fsync, for every proposal
  * that arrived meanwhile.
@@ -40,6 +42,20 @@
  * they get REQUEST_RETRY. A scan runs in one pass on the node thread, so it sees one applied
  * index.
  *
+ * Log GC (etcd style: each peer decides locally, nothing goes through the log). After each
+ * Ready and each pass with ticks, when applied - first_index >= gc_threshold, the node compacts
+ * (store_compact) towards applied - gc_trailing, in one bounded transaction per pass. A leader
+ * stops short of the match index of every follower that is recently active and not in snapshot
+ * state, and of the index of every snapshot being sent, unless applied - first_index has reached
+ * gc_hard_limit. Never past the applied index. See node.c (node_gc) for the bound.
+ *
+ * Snapshots (node/snapxfer.h). The storage the rawnode reads is the store's with snapshot()
+ * wrapped: it says "temporarily unavailable" while snapshot_max_concurrent transfers run. An
+ * outgoing RAFT_MSG_SNAPSHOT is not sent through cfg.send: it starts a chunked transfer whose
+ * chunks go through cfg.send_item; its outcome is reported to the rawnode. Incoming chunks are
+ * staged; the complete snapshot is stepped as a RAFT_MSG_SNAPSHOT and installed by the next
+ * Ready (store_persist_ready).
+ *
  * Failures. An error from the store or the rawnode fail-stops the node: it answers every request
  * with REQUEST_RETRY, sends nothing, persists nothing, reports the failure in its status, and
  * waits to be stopped.
@@ -50,35 +66,57 @@
 
 /* Mailbox item kinds. */
 enum node_item_kind {
-	NODE_ITEM_RAFT = 1,     /* ptr: an encoded raft_message (malloc'd; the node frees it),
-	                           arg: its length */
-	NODE_ITEM_REQUEST = 2,  /* ptr: a request holding one reference for this copy, arg: the
-	                           attempt number to pass back in on_reply */
-	NODE_ITEM_TRANSFER = 3, /* arg: the node id to hand leadership to (leader only) */
-	NODE_ITEM_CAMPAIGN = 4, /* start an election now (tests) */
+	NODE_ITEM_RAFT = 1,       /* ptr: an encoded raft_message (malloc'd; the node frees it),
+	                             arg: its length */
+	NODE_ITEM_REQUEST = 2,    /* ptr: a request holding one reference for this copy, arg: the
+	                             attempt number to pass back in on_reply */
+	NODE_ITEM_TRANSFER = 3,   /* arg: the node id to hand leadership to (leader only) */
+	NODE_ITEM_CAMPAIGN = 4,   /* start an election now (tests) */
+	NODE_ITEM_SNAP_CHUNK = 5, /* ptr: a snapxfer_chunk (malloc'd, one block; the node frees
+	                             it), arg: its length, sizeof(snapxfer_chunk) + data */
+	NODE_ITEM_SNAP_ACK = 6,   /* ptr: a snapxfer_ack (malloc'd; the node frees it), arg: its
+	                             length */
 };
 
 /* Sends one message from this node (borrowed; the callee copies or encodes it). Called on the
  * node thread. */
 typedef void (*node_send_fn)(void *ctx, const raft_message *m);
+/* Sends a snapshot item (NODE_ITEM_SNAP_CHUNK or NODE_ITEM_SNAP_ACK) of len bytes from `from` to
+ * `to`; takes ptr (malloc'd): the callee delivers or frees it. Called on the node thread. */
+typedef void (*node_send_item_fn)(void *ctx, uint64_t from, uint64_t to, int kind, void *ptr,
+                                  size_t len);
 /* Told after each Ready that changed the role, leader, term or applied index (on the node
  * thread; must not block for long). */
 typedef void (*node_changed_fn)(void *ctx, uint64_t node_id);
 
 typedef struct node_config {
-	uint64_t id;            /* 1-based */
-	const char *db_path;    /* the node's database, borrowed during node_start */
-	const char *dir;        /* the cluster directory (snapshot files), borrowed likewise */
-	store_options store;    /* cluster id, node id, sync, vfs... (copied) */
-	int election_tick;      /* raft_config.election_tick */
-	int heartbeat_tick;     /* raft_config.heartbeat_tick */
-	uint64_t seed;          /* raft_config.seed */
+	uint64_t id;             /* 1-based */
+	const char *db_path;     /* the node's database, borrowed during node_start */
+	const char *dir;         /* the cluster directory (snapshot files), borrowed likewise */
+	store_options store;     /* cluster id, node id, sync, vfs... (copied) */
+	int election_tick;       /* raft_config.election_tick */
+	int heartbeat_tick;      /* raft_config.heartbeat_tick */
+	uint64_t seed;           /* raft_config.seed */
 	size_t mailbox_capacity; /* power of two */
-	size_t drain_cap;       /* mailbox items per pass before the next Ready (0: 256) */
+	size_t drain_cap;        /* mailbox items per pass before the next Ready (0: 256) */
+	/* Log GC, as raftkv_options documents it; gc_threshold 0 disables GC. gc_hard_limit 0
+	 * means 2 * gc_threshold. */
+	uint64_t gc_threshold;
+	uint64_t gc_trailing;
+	uint64_t gc_hard_limit;
+	/* Snapshot transfer; 0 selects the default of each: chunk 256 KiB, window 8, 2 outgoing
+	 * transfers, no rate limit, a progress timeout of max(2, election_tick / 2) ticks. */
+	size_t snapshot_chunk_size;
+	unsigned snapshot_window;
+	unsigned snapshot_max_concurrent;
+	uint64_t snapshot_bytes_per_tick; /* the rate limit, per tick */
+	unsigned snapshot_timeout_ticks;
 	node_send_fn send;
+	node_send_item_fn send_item; /* snapshot chunks and acks; NULL: snapshots cannot be sent
+	                                (each outgoing one is reported failed) */
 	node_changed_fn changed;
-	void *ctx;              /* passed to send and changed */
-	raft_trace_fn trace;    /* optional */
+	void *ctx;           /* passed to send, send_item and changed */
+	raft_trace_fn trace; /* optional */
 	void *trace_ctx;
 } node_config;
 
