@@ -23,13 +23,13 @@ enum { REQUEST_OP_SCAN = 100 };
 
 /* Reply statuses. */
 enum request_status {
-	REQUEST_OK = 0,              /* done; for GET/SCAN the value or pairs are in the reply */
-	REQUEST_NOT_FOUND,           /* GET: absent; DELETE: was absent */
-	REQUEST_NOT_LEADER,          /* nothing proposed here; try reply.leader (0: unknown) */
-	REQUEST_RETRY,               /* outcome unknown here (lost leadership, entry overwritten,
-	                                peer stopping or failed, proposal dropped): retry */
-	REQUEST_SESSION_EXPIRED,     /* STORE_RESULT_SESSION_EXPIRED */
-	REQUEST_INVALID,             /* STORE_RESULT_INVALID (e.g. append past the value limit) */
+	REQUEST_OK = 0,          /* done; for GET/SCAN the value or pairs are in the reply */
+	REQUEST_NOT_FOUND,       /* GET: absent; DELETE: was absent */
+	REQUEST_NOT_LEADER,      /* nothing proposed here; try reply.leader (0: unknown) */
+	REQUEST_RETRY,           /* outcome unknown here (lost leadership, entry overwritten,
+	                            peer stopping or failed, proposal dropped): retry */
+	REQUEST_SESSION_EXPIRED, /* STORE_RESULT_SESSION_EXPIRED */
+	REQUEST_INVALID,         /* STORE_RESULT_INVALID (e.g. append past the value limit) */
 };
 
 /* One key/value pair of a scan reply, borrowed for the on_reply call. */
@@ -58,17 +58,17 @@ typedef void (*request_reply_fn)(request *r, uint64_t attempt, const request_rep
 typedef void (*request_free_fn)(request *r);
 
 struct request {
-	atomic_uint refs;  /* copies in flight + the client's own reference */
-	int op;            /* STORE_OP_* or REQUEST_OP_SCAN */
+	atomic_uint refs;   /* copies in flight + the client's own reference */
+	int op;             /* STORE_OP_* or REQUEST_OP_SCAN */
 	uint64_t client_id; /* writes and REGISTER: the session; 0 for GET and SCAN */
 	uint64_t epoch;     /* writes: the session's epoch */
 	uint64_t seq;       /* writes: the request's sequence number */
 	uint64_t low_seq;   /* writes: lowest seq the client still waits for */
 	const void *key;    /* SCAN: start of the range */
 	size_t key_len;
-	const void *value;  /* PUT/APPEND: the value; SCAN: end of the range (len 0: no end) */
+	const void *value; /* PUT/APPEND: the value; SCAN: end of the range (len 0: no end) */
 	size_t value_len;
-	size_t limit;       /* SCAN: at most this many pairs (0: the peer's own cap) */
+	size_t limit; /* SCAN: at most this many pairs (0: the peer's own cap) */
 	request_reply_fn on_reply;
 	request_free_fn on_free; /* called by the last request_release() */
 };
