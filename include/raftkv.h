@@ -119,8 +119,13 @@ typedef struct raftkv_options {
 	 * snapshot_max_concurrent outgoing transfers per node (default 2; more wait their turn),
 	 * and at most snapshot_rate_limit bytes per second per node (default 0: no limit; a
 	 * token bucket refilled every tick, a tick counting 10 ms under manual ticking). Memory
-	 * per transfer is bounded by window x chunk size on each side, whatever the data size.
-	 * Lost or corrupt chunks are resent from the last acknowledged offset. */
+	 * per transfer is bounded by window x chunk size on each side, whatever the data size
+	 * (the window is counted by the sender: after a resend, stale copies still in transit
+	 * can make the bytes on the wire a few x window x chunk size for a moment). Lost or
+	 * corrupt chunks are resent from the last acknowledged offset. After a power loss (not a
+	 * process crash) a follower's partly received snapshot may end in unsynced bytes; its
+	 * checksum then fails when complete and the snapshot is transferred again from the
+	 * start. */
 	size_t snapshot_chunk_size;
 	unsigned snapshot_window;
 	unsigned snapshot_max_concurrent;

@@ -11,6 +11,7 @@
 
 #include "cluster/cluster.h"
 #include "cluster_fixture.h"
+#include "node/gc_policy.h"
 #include "node/snapxfer.h"
 #include "raft.h"
 #include "raftkv.h"
@@ -187,7 +188,10 @@ static bool sx_staging_exists(const char *dir, uint64_t self, const store_snapsh
 /* The harness                                                                                */
 /* ------------------------------------------------------------------------------------------ */
 
-enum { SX_DELIVER, SX_DROP, SX_DUP, SX_CORRUPT };
+/* SX_TAMPER: the chunk's term is raised after sealing (a damaged header). SX_RESEAL_CONF: its
+ * membership is changed and the chunk sealed again (a sender sending metadata that does not
+ * match its file). */
+enum { SX_DELIVER, SX_DROP, SX_DUP, SX_CORRUPT, SX_TAMPER, SX_RESEAL_CONF };
 
 typedef struct sx_h sx_h;
 /* The fate of the nth chunk put on the network (0-based). */
@@ -236,8 +240,10 @@ struct sx_h {
 	uint64_t installed_index;
 	store_snapshot_id installed_id;
 	bool install_failed;
-	bool no_install; /* resolve(false) instead of installing */
-	int fdrop_nth;   /* used by some fates */
+	bool no_install;         /* resolve(false) instead of installing */
+	bool stale_step;         /* raft drops the step unanswered: snapxfer_receiver_reject */
+	uint64_t last_step_term; /* term of the last message handed out to step */
+	int fdrop_nth;           /* used by some fates */
 };
 
 static void sx_send_chunk(void *ctx, snapxfer_chunk *c)
@@ -419,7 +425,10 @@ static void sx_deliver_chunk(sx_h *h, snapxfer_chunk *c)
 	CU_ASSERT_EQUAL(m.from, c->from);
 	CU_ASSERT_EQUAL(m.term, c->term);
 	CU_ASSERT_EQUAL(m.snapshot.metadata.index, c->meta.index);
-	if (h->no_install || m.snapshot.metadata.index <= h->commit)
+	h->last_step_term = m.term;
+	if (h->stale_step)
+		snapxfer_receiver_reject(h->rcv);
+	else if (h->no_install || m.snapshot.metadata.index <= h->commit)
 		snapxfer_receiver_resolve(h->rcv, false);
 	else
 		sx_install(h, &m);
@@ -453,6 +462,12 @@ static void sx_round(sx_h *h)
 
 		if (fate == SX_CORRUPT && c->len > 0)
 			c->data[sx_rand(&h->rng) % c->len] ^= 0x01;
+		if (fate == SX_TAMPER)
+			c->term++;
+		if (fate == SX_RESEAL_CONF) {
+			c->meta.conf_state.voters[2] = 4; /* {1, 2, 4}: the file says {1, 2, 3} */
+			snapxfer_chunk_seal(c);
+		}
 		if (fate != SX_DROP)
 			sx_deliver_chunk(h, c);
 		if (fate == SX_DUP)
@@ -584,6 +599,7 @@ static void test_lost_chunks(void)
 	CU_ASSERT(st.rewinds >= 1);
 	/* Resent from the acknowledged offset, never from the start. */
 	CU_ASSERT(st.max_rewind_offset >= 3 * h->chunk);
+	CU_ASSERT_EQUAL(st.rewinds_to_zero, 0);
 	raft_snapshot_clear(&snap);
 	sx_free(h);
 }
@@ -1089,12 +1105,299 @@ static void test_mixed_faults(void)
 }
 
 /* ------------------------------------------------------------------------------------------ */
+/* Regressions of review 5                                                                    */
+/* ------------------------------------------------------------------------------------------ */
+
+/* Delivers the first two chunks put on the network; drops the rest. */
+static int sx_fate_first_two(sx_h *h, const snapxfer_chunk *c, unsigned nth)
+{
+	(void)h;
+	(void)c;
+	return nth < 2 ? SX_DELIVER : SX_DROP;
+}
+
+/* F1: leader 1 sends snapshot A in term 5; two chunks arrive; it loses leadership (cancelled,
+ * no report), is re-elected in term 7 and sends the same A. The receiver keeps its staging but
+ * steps the message with term 7 (a term-5 one would be dropped by raft, forever). */
+static void test_same_id_new_term(void)
+{
+	sx_h *h = sx_new(32, 8u << 10, 16u << 10, 4);
+	raft_snapshot snap;
+	snapxfer_receiver_stats rs;
+
+	sx_new_sender(h, 1, 2);
+	sx_snapshot(h->src, &snap);
+	sx_start(h, 1, &snap, 5);
+	h->fate = sx_fate_first_two;
+	sx_round(h);
+	CU_ASSERT_EQUAL(h->completes, 0);
+	snapxfer_sender_cancel_stale(h->snd[1].s, false, 0);
+	CU_ASSERT_EQUAL(h->snd[1].reports, 0);
+	h->fate = NULL;
+	sx_start(h, 1, &snap, 7);
+	sx_run(h, 1);
+	snapxfer_receiver_stats_get(h->rcv, &rs);
+	CU_ASSERT_EQUAL(h->completes, 1);
+	CU_ASSERT_EQUAL(h->last_step_term, 7);
+	CU_ASSERT_EQUAL(h->installs, 1);
+	CU_ASSERT(h->snd[1].last_ok);
+	CU_ASSERT_EQUAL(rs.superseded, 0); /* the staging was kept, not begun again */
+	CU_ASSERT_EQUAL(store_applied_index(h->dst), 32);
+	raft_snapshot_clear(&snap);
+	sx_free(h);
+}
+
+/* F1: a snapshot raft dropped as stale is REJECTed (reported failed, not ok), and a snapshot
+ * resolved without an install is not answered DONE again later while it is still above the
+ * commit index: it is fetched and stepped again. */
+static void test_stale_step_rejected_then_refetched(void)
+{
+	sx_h *h = sx_new(16, 8u << 10, 16u << 10, 4);
+	raft_snapshot snap;
+	store_snapshot_id id;
+
+	sx_new_sender(h, 1, 2);
+	sx_snapshot(h->src, &snap);
+	id = sx_id(&snap);
+	h->stale_step = true;
+	sx_start(h, 1, &snap, 3);
+	sx_run(h, 1);
+	CU_ASSERT_EQUAL(h->snd[1].reports, 1);
+	CU_ASSERT_FALSE(h->snd[1].last_ok);
+	CU_ASSERT_EQUAL(h->completes, 1);
+	CU_ASSERT_FALSE(sx_staging_exists(h->dir, 2, &id));
+	/* Ignored (not installed) with the commit index still below it. */
+	h->stale_step = false;
+	h->no_install = true;
+	h->snd[1].reports = 0;
+	sx_start(h, 1, &snap, 4);
+	sx_run(h, 1);
+	CU_ASSERT(h->snd[1].last_ok);
+	CU_ASSERT_EQUAL(h->completes, 2);
+	/* Asked again: fetched and stepped again, and installed this time. */
+	h->no_install = false;
+	h->snd[1].reports = 0;
+	sx_start(h, 1, &snap, 4);
+	sx_run(h, 1);
+	CU_ASSERT(h->snd[1].last_ok);
+	CU_ASSERT_EQUAL(h->completes, 3);
+	CU_ASSERT_EQUAL(h->installs, 1);
+	CU_ASSERT_EQUAL(store_applied_index(h->dst), 16);
+	/* Asked once more: installed, so DONE at once with nothing stepped. */
+	h->snd[1].reports = 0;
+	sx_start(h, 1, &snap, 4);
+	sx_run(h, 1);
+	CU_ASSERT(h->snd[1].last_ok);
+	CU_ASSERT_EQUAL(h->completes, 3);
+	raft_snapshot_clear(&snap);
+	sx_free(h);
+}
+
+static bool sx_ack_hold_done(sx_h *h, const snapxfer_ack *a, unsigned nth)
+{
+	(void)nth;
+	return a->status == SNAPXFER_ACK_DONE && h->fdrop_nth != 0;
+}
+
+/* F2: everything acknowledged, DONE slow to come (the receiver installing): the sender keeps
+ * waiting well past max_timeouts x timeout, resending the last chunk, and reports ok once when
+ * DONE arrives. */
+static void test_slow_done_not_given_up(void)
+{
+	sx_h *h = sx_new(32, 8u << 10, 16u << 10, 4);
+	raft_snapshot snap;
+	snapxfer_sender_stats st;
+	uint64_t acked = 0, size = 0, t0;
+	store_snapshot_id id;
+	char *path = NULL;
+
+	sx_new_sender(h, 1, 2);
+	sx_snapshot(h->src, &snap);
+	id = sx_id(&snap);
+	CU_ASSERT_EQUAL_FATAL(store_snapshot_path(h->src, &id, &path, &size), STORE_OK);
+	free(path);
+	h->ack_drop = sx_ack_hold_done;
+	h->fdrop_nth = 1;
+	sx_start(h, 1, &snap, 1);
+	for (unsigned r = 0; r < SX_MAX_ROUNDS && (h->nq > 0 || h->na > 0); r++)
+		sx_round(h);
+	CU_ASSERT_FATAL(snapxfer_sender_has(h->snd[1].s, 2, &acked));
+	CU_ASSERT_EQUAL(acked, size);
+	t0 = h->now;
+	while (h->now - t0 < 3ull * SX_MAX_TO * SX_TIMEOUT) {
+		sx_tick(h);
+		while (h->nq > 0 || h->na > 0)
+			sx_round(h);
+	}
+	CU_ASSERT_EQUAL(h->snd[1].reports, 0);
+	CU_ASSERT(snapxfer_sender_has(h->snd[1].s, 2, NULL));
+	h->fdrop_nth = 0; /* DONE gets through now */
+	sx_run(h, 1);
+	CU_ASSERT_EQUAL(h->snd[1].reports, 1);
+	CU_ASSERT(h->snd[1].last_ok);
+	snapxfer_sender_stats_get(h->snd[1].s, &st);
+	CU_ASSERT_EQUAL(st.completed, 1);
+	CU_ASSERT_EQUAL(st.failed, 0);
+	CU_ASSERT_EQUAL(h->installs, 1);
+	raft_snapshot_clear(&snap);
+	sx_free(h);
+}
+
+/* F2: a receiver that never answers DONE is still given up on, after the scaled patience. */
+static void test_done_patience_bounded(void)
+{
+	sx_h *h = sx_new(16, 8u << 10, 16u << 10, 4);
+	raft_snapshot snap;
+
+	sx_new_sender(h, 1, 2);
+	sx_snapshot(h->src, &snap);
+	h->ack_drop = sx_ack_hold_done;
+	h->fdrop_nth = 1;
+	sx_start(h, 1, &snap, 1);
+	sx_run(h, 1);
+	CU_ASSERT_EQUAL(h->snd[1].reports, 1);
+	CU_ASSERT_FALSE(h->snd[1].last_ok);
+	CU_ASSERT(h->now > (uint64_t)SX_MAX_TO * SX_TIMEOUT);
+	raft_snapshot_clear(&snap);
+	sx_free(h);
+}
+
+/* A leader of term 2 (node 1) whose log starts at `first`, with peers 2 and 3. */
+static raft_status sx_gc_status(uint64_t first)
+{
+	raft_status st;
+
+	memset(&st, 0, sizeof(st));
+	st.id = 1;
+	st.role = RAFT_LEADER;
+	st.term = 2;
+	st.first_index = first;
+	st.n_peers = 3;
+	for (size_t i = 0; i < 3; i++) {
+		st.peers[i].id = i + 1;
+		st.peers[i].state = RAFT_PROGRESS_REPLICATE;
+		st.peers[i].match = 1000;
+	}
+	return st;
+}
+
+/* F3/F4: the leader's GC limit. */
+static void test_gc_policy(void)
+{
+	raft_status st = sx_gc_status(100);
+	bool active[RAFT_MAX_VOTERS] = {true, true, true};
+
+	/* Everyone caught up: the target stands; the node itself never counts. */
+	st.peers[0].match = 10;
+	CU_ASSERT_EQUAL(gc_policy_limit(&st, active, 900, UINT64_MAX), 900);
+	/* A replicating follower lagging, with recent_active just cleared by check quorum but
+	 * seen recently (active): its match is kept (F3). */
+	st.peers[1].match = 500;
+	st.peers[1].recent_active = false;
+	CU_ASSERT_EQUAL(gc_policy_limit(&st, active, 900, UINT64_MAX), 500);
+	/* Not seen for long: not held for. */
+	active[1] = false;
+	CU_ASSERT_EQUAL(gc_policy_limit(&st, active, 900, UINT64_MAX), 900);
+	active[1] = true;
+	/* A probing follower whose next entry is gone needs a snapshot anyway: ignored (F4). */
+	st.peers[1].state = RAFT_PROGRESS_PROBE;
+	st.peers[1].match = 50;
+	CU_ASSERT_EQUAL(gc_policy_limit(&st, active, 900, UINT64_MAX), 900);
+	/* Its next entry is the first one still here: kept. */
+	st.peers[1].match = 99;
+	CU_ASSERT_EQUAL(gc_policy_limit(&st, active, 900, UINT64_MAX), 99);
+	/* In snapshot state: its pending snapshot is kept, whatever its match. */
+	st.peers[1].state = RAFT_PROGRESS_SNAPSHOT;
+	st.peers[1].match = 0;
+	st.peers[1].pending_snapshot = 700;
+	active[1] = false;
+	CU_ASSERT_EQUAL(gc_policy_limit(&st, active, 900, UINT64_MAX), 700);
+	/* A transfer running for a lower snapshot. */
+	CU_ASSERT_EQUAL(gc_policy_limit(&st, active, 900, 650), 650);
+	/* Never raises the target. */
+	CU_ASSERT_EQUAL(gc_policy_limit(&st, active, 300, UINT64_MAX), 300);
+}
+
+/* The third chunk's term raised after sealing. */
+static int sx_fate_tamper_third(sx_h *h, const snapxfer_chunk *c, unsigned nth)
+{
+	(void)h;
+	(void)c;
+	return nth == 2 ? SX_TAMPER : SX_DELIVER;
+}
+
+/* F5: a chunk with a damaged header field is dropped like a corrupt one and resent; the
+ * snapshot is stepped with the true term. */
+static void test_tampered_header_dropped(void)
+{
+	sx_h *h = sx_new(32, 8u << 10, 16u << 10, 4);
+	raft_snapshot snap;
+	snapxfer_receiver_stats rs;
+
+	h->fate = sx_fate_tamper_third;
+	sx_transfer_ok(h, &snap, 32, 8u << 10);
+	snapxfer_receiver_stats_get(h->rcv, &rs);
+	CU_ASSERT(rs.corrupt >= 1);
+	CU_ASSERT_EQUAL(h->last_step_term, 1);
+	raft_snapshot_clear(&snap);
+	sx_free(h);
+}
+
+static int sx_fate_reseal_conf(sx_h *h, const snapxfer_chunk *c, unsigned nth)
+{
+	(void)h;
+	(void)c;
+	(void)nth;
+	return SX_RESEAL_CONF;
+}
+
+/* F5: chunks whose (sealed) membership disagrees with the file's header: REJECT before any
+ * step, the staging discarded, the sender reports failure, and the store stays healthy. */
+static void test_meta_mismatch_rejected(void)
+{
+	sx_h *h = sx_new(16, 8u << 10, 16u << 10, 4);
+	raft_snapshot snap;
+	snapxfer_receiver_stats rs;
+	store_snapshot_id id;
+
+	h->fate = sx_fate_reseal_conf;
+	sx_new_sender(h, 1, 2);
+	sx_snapshot(h->src, &snap);
+	id = sx_id(&snap);
+	sx_start(h, 1, &snap, 1);
+	sx_run(h, 1);
+	snapxfer_receiver_stats_get(h->rcv, &rs);
+	CU_ASSERT_EQUAL(h->snd[1].reports, 1);
+	CU_ASSERT_FALSE(h->snd[1].last_ok);
+	CU_ASSERT_EQUAL(h->completes, 0);
+	CU_ASSERT_EQUAL(h->installs, 0);
+	CU_ASSERT(rs.corrupt >= 1);
+	CU_ASSERT_EQUAL(store_failed(h->dst), STORE_OK);
+	CU_ASSERT_FALSE(sx_staging_exists(h->dir, 2, &id));
+	CU_ASSERT_EQUAL(store_applied_index(h->dst), 0);
+	raft_snapshot_clear(&snap);
+	sx_free(h);
+}
+
+/* ------------------------------------------------------------------------------------------ */
 /* Cluster smoke                                                                              */
 /* ------------------------------------------------------------------------------------------ */
 
 static bool sx_pred_received(void *ctx, raftkv *kv)
 {
 	return cf_status(kv, *(uint64_t *)ctx).snapshots_received >= 1;
+}
+
+/* Some node counted a transfer as completed: its DONE reaches the leader after the follower
+ * published its install, so it is awaited rather than assumed. */
+static bool sx_pred_sent(void *ctx, raftkv *kv)
+{
+	uint64_t sent = 0;
+
+	(void)ctx;
+	for (uint64_t id = 1; id <= 3; id++)
+		sent += cf_status(kv, id).snapshots_sent;
+	return sent >= 1;
 }
 
 /* 3 nodes, gc_threshold 10: a follower isolated while 50 keys are written catches up by
@@ -1131,7 +1434,8 @@ static void test_cluster_smoke(void)
 	}
 	CU_ASSERT_EQUAL(raftkv_heal(kv), RAFTKV_OK);
 	ok = cluster_wait(kv, sx_pred_received, &lag, cf_wait_ms()) == RAFTKV_OK &&
-	     cf_wait_converged(kv, NULL, 0, cf_wait_ms());
+	     cf_wait_converged(kv, NULL, 0, cf_wait_ms()) &&
+	     cluster_wait(kv, sx_pred_sent, NULL, cf_wait_ms()) == RAFTKV_OK;
 	CU_ASSERT(ok);
 	st = cf_status(kv, lag);
 	CU_ASSERT(st.snapshots_received >= 1);
@@ -1184,5 +1488,14 @@ void test_register_snapxfer(void)
 	CU_add_test(s, "rate limit in ticks", test_rate_limit);
 	CU_add_test(s, "concurrency limit", test_concurrency_limit);
 	CU_add_test(s, "every fault at once", test_mixed_faults);
+	CU_add_test(s, "F1: the same snapshot id in a later term", test_same_id_new_term);
+	CU_add_test(s, "F1: a stale step is rejected; an ignored one is fetched again",
+	            test_stale_step_rejected_then_refetched);
+	CU_add_test(s, "F2: a slow DONE is waited for", test_slow_done_not_given_up);
+	CU_add_test(s, "F2: a DONE that never comes ends in failure", test_done_patience_bounded);
+	CU_add_test(s, "F3/F4: leader GC limit", test_gc_policy);
+	CU_add_test(s, "F5: a tampered header is dropped", test_tampered_header_dropped);
+	CU_add_test(s, "F5: metadata not matching the file is rejected",
+	            test_meta_mismatch_rejected);
 	CU_add_test(s, "cluster: isolated follower catches up by snapshot", test_cluster_smoke);
 }

@@ -10,6 +10,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "node/gc_policy.h"
 #include "store/command.h"
 
 #define NODE_DRAIN_CAP_DEFAULT       256u
@@ -39,6 +40,9 @@
 #define NODE_SNAP_MAX_TIMEOUTS       5u /* progress timeouts in a row before giving up */
 #define NODE_SNAP_STALE_ELECTIONS    2u /* a silent incoming transfer may be superseded */
 #define NODE_SNAP_GC_ELECTIONS       1u /* period of store_snapshot_gc */
+/* A follower last seen recent_active within this many election timeouts still counts as
+ * active for log GC: longer than one check-quorum window, which clears recent_active. */
+#define NODE_GC_ACTIVE_ELECTIONS 2u
 
 /* A write proposed as leader, waiting for its entry (index, term) to apply. */
 typedef struct node_waiter {
@@ -120,7 +124,11 @@ struct node {
 	uint64_t deferred_to[RAFT_MAX_VOTERS];
 	bool deferred_ok[RAFT_MAX_VOTERS];
 	size_t n_deferred;
-	uint64_t gc_mark;     /* applied index at the previous node_gc */
+	uint64_t gc_mark; /* applied index at the previous node_gc */
+	/* tick_count at which each peer (by id; 0: free slot) was last seen recent_active while
+	 * this node led; see node_gc_active. */
+	uint64_t gc_seen_id[RAFT_MAX_VOTERS];
+	uint64_t gc_seen_tick[RAFT_MAX_VOTERS];
 	uint64_t snap_gc_due; /* tick_count of the next store_snapshot_gc */
 
 	/* Written by whoever owns the node's state (above), read by node_status_get. */
@@ -928,9 +936,11 @@ static void node_on_chunk(node *n, snapxfer_chunk *c, size_t len)
 		node_check_raft(n, rv, "step snapshot");
 		return;
 	}
-	/* Ignored without even a response (a stale term): no Ready will name it. */
+	/* Dropped without even a response, so its term is below ours (a higher term changes the
+	 * hard state; a current one is always answered): no Ready will name it, and the sender,
+	 * a deposed leader, must not count it as installed (review F1). */
 	if (!raft_rawnode_has_ready(n->rn))
-		snapxfer_receiver_resolve(n->sx_in, false);
+		snapxfer_receiver_reject(n->sx_in);
 }
 
 /* In the Ready after a snapshot was stepped, once it is persisted: installed if the Ready
@@ -1036,30 +1046,31 @@ static void node_storage_init(node *n)
 /* ---- log GC ------------------------------------------------------------------------------- */
 
 /*
- * The highest index a leader below the hard limit may compact to: not past the match of a
- * follower that is recently active (it is replicating or probing and would otherwise need a
- * snapshot), nor past a snapshot being sent (the pending_snapshot of a follower in snapshot
- * state, and every transfer this node runs): a follower installing it continues from the entry
- * after it, which must still be here. That is what prevents the snapshot livelock (a follower
- * that finishes installing and finds the next entries gone, needing another snapshot, forever).
+ * Fills active[i] for st->peers[i]: seen recent_active within NODE_GC_ACTIVE_ELECTIONS
+ * election timeouts. Records the sightings, so a follower stays active across the
+ * check-quorum tick that clears recent_active (review F3). active has RAFT_MAX_VOTERS slots.
  */
-static uint64_t node_gc_protect(node *n, const raft_status *st, uint64_t target)
+static void node_gc_active(node *n, const raft_status *st, bool *active)
 {
-	uint64_t sending = snapxfer_sender_min_index(n->sx_out);
+	uint64_t span = (uint64_t)NODE_GC_ACTIVE_ELECTIONS * (uint64_t)n->cfg.election_tick;
 
-	for (size_t i = 0; i < st->n_peers; i++) {
-		const raft_peer_status *p = &st->peers[i];
+	for (size_t i = 0; i < st->n_peers && i < RAFT_MAX_VOTERS; i++) {
+		uint64_t id = st->peers[i].id;
+		size_t k, free_k = RAFT_MAX_VOTERS;
 
-		if (p->id == n->id)
-			continue;
-		if (p->state == RAFT_PROGRESS_SNAPSHOT) {
-			if (p->pending_snapshot != 0 && p->pending_snapshot < target)
-				target = p->pending_snapshot;
-		} else if (p->recent_active && p->match < target) {
-			target = p->match;
+		for (k = 0; k < RAFT_MAX_VOTERS && n->gc_seen_id[k] != id; k++)
+			if (n->gc_seen_id[k] == 0 && free_k == RAFT_MAX_VOTERS)
+				free_k = k;
+		if (k == RAFT_MAX_VOTERS && st->peers[i].recent_active &&
+		    free_k < RAFT_MAX_VOTERS) {
+			k = free_k;
+			n->gc_seen_id[k] = id;
 		}
+		if (k < RAFT_MAX_VOTERS && st->peers[i].recent_active)
+			n->gc_seen_tick[k] = n->tick_count;
+		active[i] = st->peers[i].recent_active ||
+		            (k < RAFT_MAX_VOTERS && n->tick_count - n->gc_seen_tick[k] <= span);
 	}
-	return sending < target ? sending : target;
 }
 
 /*
@@ -1068,7 +1079,7 @@ static uint64_t node_gc_protect(node *n, const raft_status *st, uint64_t target)
  * A the applied index, F the first log index, T gc_threshold, R gc_trailing, H gc_hard_limit
  * (T <= H <= 2T) and n the entries applied since the previous call:
  *   - A - F < T: nothing;
- *   - T <= A - F < H: compact towards A - R, a leader stopping at node_gc_protect's bound;
+ *   - T <= A - F < H: compact towards A - R, a leader stopping at gc_policy_limit's bound;
  *   - A - F >= H: compact towards A - R whatever the followers need; a lagging follower then
  *     catches up by snapshot. Only here can the snapshot livelock happen: a follower whose
  *     snapshot transfer takes so long that the leader applies H - R more entries meanwhile
@@ -1084,6 +1095,7 @@ static uint64_t node_gc_protect(node *n, const raft_status *st, uint64_t target)
 static void node_gc(node *n)
 {
 	uint64_t applied, first, target, rows, hard;
+	bool active[RAFT_MAX_VOTERS] = {false};
 	raft_status st;
 	bool more = false;
 	int rv;
@@ -1094,13 +1106,15 @@ static void node_gc(node *n)
 	rows = NODE_GC_ROWS + (applied > n->gc_mark ? applied - n->gc_mark : 0);
 	n->gc_mark = applied;
 	raft_rawnode_status(n->rn, &st);
+	if (st.role == RAFT_LEADER)
+		node_gc_active(n, &st, active); /* at every pass: it records sightings */
 	first = st.first_index;
 	if (applied < first || applied - first < n->cfg.gc_threshold)
 		return;
 	hard = n->cfg.gc_hard_limit != 0 ? n->cfg.gc_hard_limit : 2 * n->cfg.gc_threshold;
 	target = applied - n->cfg.gc_trailing;
 	if (applied - first < hard && st.role == RAFT_LEADER)
-		target = node_gc_protect(n, &st, target);
+		target = gc_policy_limit(&st, active, target, snapxfer_sender_min_index(n->sx_out));
 	if (target < first)
 		return;
 	rv = store_compact(n->store, target, rows, &more);

@@ -18,14 +18,61 @@ static bool snapxfer_id_equal(const store_snapshot_id *a, const store_snapshot_i
 	       a->nonce == b->nonce;
 }
 
+static unsigned char *snapxfer_put_u64(unsigned char *p, uint64_t v)
+{
+	for (int i = 0; i < 8; i++)
+		*p++ = (unsigned char)(v >> (8 * i));
+	return p;
+}
+
+/* CRC-32C of every field of c but crc itself, then of its data. The header is serialised
+ * field by field (little-endian, no padding), so the checksum does not depend on the struct
+ * layout; at most RAFT_MAX_VOTERS voters are covered (receiver_chunk_ok refuses more). */
+static uint32_t snapxfer_chunk_crc(const snapxfer_chunk *c)
+{
+	unsigned char h[8 * (15 + RAFT_MAX_VOTERS)];
+	unsigned char *p = h;
+	size_t nv = c->meta.conf_state.n_voters;
+
+	if (nv > RAFT_MAX_VOTERS)
+		nv = RAFT_MAX_VOTERS;
+	p = snapxfer_put_u64(p, c->from);
+	p = snapxfer_put_u64(p, c->to);
+	p = snapxfer_put_u64(p, c->term);
+	p = snapxfer_put_u64(p, c->commit);
+	p = snapxfer_put_u64(p, c->meta.index);
+	p = snapxfer_put_u64(p, c->meta.term);
+	p = snapxfer_put_u64(p, c->meta.conf_state.n_voters);
+	for (size_t i = 0; i < nv; i++)
+		p = snapxfer_put_u64(p, c->meta.conf_state.voters[i]);
+	p = snapxfer_put_u64(p, c->id.node_id);
+	p = snapxfer_put_u64(p, c->id.index);
+	p = snapxfer_put_u64(p, c->id.term);
+	p = snapxfer_put_u64(p, c->id.nonce);
+	p = snapxfer_put_u64(p, c->size);
+	p = snapxfer_put_u64(p, c->offset);
+	p = snapxfer_put_u64(p, ((uint64_t)c->len << 1) | (c->last ? 1u : 0u));
+	return store_crc32c(store_crc32c(0, h, (size_t)(p - h)), c->data, c->len);
+}
+
 void snapxfer_chunk_seal(snapxfer_chunk *c)
 {
-	c->crc = store_crc32c(0, c->data, c->len);
+	c->crc = snapxfer_chunk_crc(c);
 }
 
 bool snapxfer_chunk_intact(const snapxfer_chunk *c)
 {
-	return store_crc32c(0, c->data, c->len) == c->crc;
+	return snapxfer_chunk_crc(c) == c->crc;
+}
+
+static bool snapxfer_conf_equal(const raft_conf_state *a, const raft_conf_state *b)
+{
+	if (a->n_voters != b->n_voters || a->n_voters > RAFT_MAX_VOTERS)
+		return false;
+	for (size_t i = 0; i < a->n_voters; i++)
+		if (a->voters[i] != b->voters[i])
+			return false;
+	return true;
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -51,6 +98,7 @@ typedef struct snapxfer_out {
 	uint64_t next;     /* next offset to send */
 	unsigned idle;     /* ticks without progress while something is outstanding */
 	unsigned timeouts; /* timeouts in a row without progress */
+	uint64_t waits;    /* timeouts waiting for DONE once acked == size (sender_patience) */
 	bool rewound;      /* went back to acked since the last progress */
 } snapxfer_out;
 
@@ -285,6 +333,8 @@ static void sender_rewind(snapxfer_sender *s, snapxfer_out *o)
 		o->next = o->size - (o->size < s->cfg.chunk_size ? o->size : s->cfg.chunk_size);
 	o->rewound = true;
 	s->st.rewinds++;
+	if (o->next == 0)
+		s->st.rewinds_to_zero++;
 	if (o->next > s->st.max_rewind_offset)
 		s->st.max_rewind_offset = o->next;
 }
@@ -319,6 +369,20 @@ void snapxfer_sender_on_ack(snapxfer_sender *s, const snapxfer_ack *a)
 	sender_pump(s);
 }
 
+/*
+ * Timeouts a transfer waits for DONE once every byte is acknowledged: max_timeouts for each
+ * window's worth of the file, plus max_timeouts. Silence then is no sign of a dead receiver:
+ * it is installing, one transaction whose length grows with the file, during which its thread
+ * answers nothing (F2 of the review: a fixed limit made large installs fail and the leader
+ * compact past them). The resent last chunk asks a restarted receiver to answer again.
+ */
+static uint64_t sender_patience(const snapxfer_sender *s, const snapxfer_out *o)
+{
+	uint64_t span = (uint64_t)s->cfg.window * s->cfg.chunk_size;
+
+	return (uint64_t)s->cfg.max_timeouts * (1 + (o->size + span - 1) / span);
+}
+
 void snapxfer_sender_tick(snapxfer_sender *s)
 {
 	if (s == NULL)
@@ -339,6 +403,13 @@ void snapxfer_sender_tick(snapxfer_sender *s)
 		if (++o->idle < s->cfg.timeout_ticks)
 			continue;
 		o->idle = 0;
+		if (o->acked >= o->size) {
+			if (++o->waits >= sender_patience(s, o))
+				sender_finish(s, o, false);
+			else
+				sender_rewind(s, o);
+			continue;
+		}
 		if (++o->timeouts >= s->cfg.max_timeouts) {
 			sender_finish(s, o, false);
 			continue;
@@ -428,9 +499,12 @@ typedef struct snapxfer_in {
 
 /*
  * Invariants: has_cur when a transfer is being received; then staged is its staging's durable
- * contiguous length (0 when no_stage). pending implies has_cur: its message was handed out and
- * resolve is awaited; nothing is staged meanwhile. has_done names the last transfer resolved, so
- * a late chunk of it is answered DONE again (its first DONE may have been lost).
+ * contiguous length (0 when no_stage), and cur.term/commit/from are those of the newest-term
+ * chunk of it seen (a re-elected leader resends the same snapshot id in a higher term).
+ * pending implies has_cur: its message was handed out and resolve is awaited; nothing is staged
+ * meanwhile. has_done names the last transfer resolved with DONE, so a late chunk of it is
+ * answered DONE again (its first DONE may have been lost) while that is still true: it was
+ * installed (done_installed) or its index is at or below the commit index.
  */
 struct snapxfer_receiver {
 	snapxfer_receiver_config cfg;
@@ -441,6 +515,7 @@ struct snapxfer_receiver {
 	bool pending;
 	bool no_stage; /* cur was at or below the commit index: nothing fetched */
 	bool has_done;
+	bool done_installed;
 	snapxfer_in done;
 	snapxfer_receiver_stats st;
 };
@@ -478,11 +553,19 @@ static void receiver_ack(snapxfer_receiver *r, const snapxfer_in *t, uint64_t of
 /* Whether c is well formed and addressed to this receiver. */
 static bool receiver_chunk_ok(const snapxfer_receiver *r, const snapxfer_chunk *c)
 {
+	const raft_conf_state *cs = &c->meta.conf_state;
+
+	if (cs->n_voters == 0 || cs->n_voters > RAFT_MAX_VOTERS)
+		return false;
+	for (size_t i = 0; i < cs->n_voters; i++)
+		if (cs->voters[i] == 0 || (i > 0 && cs->voters[i] <= cs->voters[i - 1]))
+			return false; /* raft_step refuses it (raft.c, raft_message_is_sane) */
 	return c->to == r->cfg.self && c->from != 0 && c->from != r->cfg.self &&
 	       c->id.node_id != 0 && c->id.index == c->meta.index && c->id.term == c->meta.term &&
-	       c->meta.index != 0 && c->size > 0 && c->len <= SNAPXFER_MAX_CHUNK &&
-	       c->offset <= c->size && c->len <= c->size - c->offset &&
-	       c->last == (c->offset + c->len == c->size) && (c->len > 0 || c->last);
+	       c->meta.index != 0 && c->meta.term <= c->term && c->size > 0 &&
+	       c->len <= SNAPXFER_MAX_CHUNK && c->offset <= c->size &&
+	       c->len <= c->size - c->offset && c->last == (c->offset + c->len == c->size) &&
+	       (c->len > 0 || c->last);
 }
 
 static snapxfer_in receiver_in_of(const snapxfer_chunk *c)
@@ -562,10 +645,6 @@ static int receiver_stage(snapxfer_receiver *r, const snapxfer_chunk *c)
 		r->st.chunks_dropped++;
 		return STORE_OK;
 	}
-	if (!snapxfer_chunk_intact(c)) {
-		r->st.corrupt++;
-		return STORE_OK;
-	}
 	rv = store_staging_write(r->cfg.store, &c->id, c->offset, c->data, c->len);
 	if (rv == STORE_OK) {
 		r->staged += c->len;
@@ -578,11 +657,25 @@ static int receiver_stage(snapxfer_receiver *r, const snapxfer_chunk *c)
 	return STORE_OK;
 }
 
+/* Whether the finished staging's header says what the chunks' metadata says: raft installs the
+ * metadata it is stepped with, the store the file's header (review F5). */
+static bool receiver_meta_matches(snapxfer_receiver *r)
+{
+	raft_snapshot_metadata m;
+
+	if (store_staging_meta(r->cfg.store, &r->cur.id, &m) != STORE_OK)
+		return false;
+	return m.index == r->cur.meta.index && m.term == r->cur.meta.term &&
+	       snapxfer_conf_equal(&m.conf_state, &r->cur.meta.conf_state);
+}
+
 /* All bytes are staged: verifies the file. COMPLETE, MORE (rejected), or a store failure. */
 static int receiver_complete(snapxfer_receiver *r, uint64_t trigger, raft_message *out)
 {
 	int rv = store_staging_finish(r->cfg.store, &r->cur.id);
 
+	if (rv == STORE_OK && !receiver_meta_matches(r))
+		rv = STORE_ERR_CORRUPT;
 	if (rv == STORE_ERR_CORRUPT) {
 		r->st.corrupt++;
 		store_staging_discard(r->cfg.store, &r->cur.id);
@@ -599,6 +692,9 @@ static int receiver_complete(snapxfer_receiver *r, uint64_t trigger, raft_messag
 	rv = receiver_message(r, &r->cur, out);
 	if (rv != STORE_OK)
 		return rv;
+	/* Everything is acknowledged before the install (which answers nothing until it ends),
+	 * so the sender knows it waits for DONE only (sender_patience). */
+	receiver_ack(r, &r->cur, r->staged, trigger, SNAPXFER_ACK_PROGRESS);
 	r->pending = true;
 	return SNAPXFER_RECV_COMPLETE;
 }
@@ -614,9 +710,32 @@ int snapxfer_receiver_on_chunk(snapxfer_receiver *r, const snapxfer_chunk *c, ui
 		r->st.chunks_dropped++;
 		return SNAPXFER_RECV_MORE;
 	}
-	if (r->has_done && snapxfer_id_equal(&r->done.id, &c->id)) {
-		receiver_ack(r, &r->done, r->done.size, c->offset, SNAPXFER_ACK_DONE);
+	if (!snapxfer_chunk_intact(c)) {
+		/* Nothing in it can be trusted; a chunk of the current transfer (by its id, which
+		 * may itself be damaged: the ack then names a transfer the sender does not run)
+		 * gets the staged length back, for the sender's fast retransmit. */
+		r->st.corrupt++;
+		if (r->has_cur && !r->pending && !r->no_stage &&
+		    snapxfer_id_equal(&r->cur.id, &c->id))
+			receiver_ack(r, &r->cur, r->staged, c->offset, SNAPXFER_ACK_PROGRESS);
 		return SNAPXFER_RECV_MORE;
+	}
+	if (r->has_done && snapxfer_id_equal(&r->done.id, &c->id)) {
+		if (r->done_installed || r->done.meta.index <= commit) {
+			snapxfer_in t = r->done;
+
+			t.from = c->from; /* the sender asking now (a re-elected or new leader) */
+			receiver_ack(r, &t, t.size, c->offset, SNAPXFER_ACK_DONE);
+			return SNAPXFER_RECV_MORE;
+		}
+		r->has_done = false; /* ignored then, but needed now: fetch it again */
+	}
+	if (r->has_cur && snapxfer_id_equal(&r->cur.id, &c->id) && c->term > r->cur.term) {
+		/* The same snapshot from a leader of a later term (re-elected; storage handed it
+		 * the same file): keep the staging, step it with the new term (review F1). */
+		r->cur.term = c->term;
+		r->cur.commit = c->commit;
+		r->cur.from = c->from;
 	}
 	if (!r->has_cur || !snapxfer_id_equal(&r->cur.id, &c->id)) {
 		if (r->has_cur && r->pending) {
@@ -681,6 +800,19 @@ void snapxfer_receiver_resolve(snapxfer_receiver *r, bool installed)
 	receiver_ack(r, &r->cur, r->cur.size, r->cur.size, SNAPXFER_ACK_DONE);
 	r->done = r->cur;
 	r->has_done = true;
+	r->done_installed = installed;
+	r->has_cur = false;
+	r->pending = false;
+}
+
+void snapxfer_receiver_reject(snapxfer_receiver *r)
+{
+	if (r == NULL || !r->pending)
+		return;
+	r->st.ignored++;
+	if (!r->no_stage)
+		store_staging_discard(r->cfg.store, &r->cur.id);
+	receiver_ack(r, &r->cur, 0, r->cur.size, SNAPXFER_ACK_REJECT);
 	r->has_cur = false;
 	r->pending = false;
 }

@@ -29,8 +29,19 @@
  * offset answering a chunk at or beyond that offset does the same at once, at most once per
  * advance (fast retransmit: the receiver drops anything past a gap, and a corrupt chunk). Acks
  * answering chunks below the acknowledged offset (duplicates) never rewind, so resends cannot
- * feed more resends. After max_timeouts timeouts in a row, or a REJECT, it gives up and
- * reports failure; a DONE reports success. Every transfer ends in exactly one report, except
+ * feed more resends. After max_timeouts timeouts in a row without progress, or a REJECT, it
+ * gives up and reports failure; a DONE reports success. Once every byte is acknowledged only
+ * DONE is missing, and the receiver may be installing (one transaction, proportional to the
+ * file, during which it answers nothing): the sender then resends the last chunk at each
+ * timeout and gives up only after max_timeouts x (1 + ceil(size / (window x chunk_size)))
+ * of them.
+ *
+ * The window bound is the sender's own accounting, and so approximate on the wire: a rewind
+ * sends again from the acknowledged offset while earlier copies of the same chunks may still
+ * sit in the transport (the router's delay heap, the receiver's mailbox). Those copies are
+ * bounded by the transport's own limits, and each round of them by a window, so the bytes of
+ * one transfer in flight are a few x window x chunk_size at worst, never a function of the
+ * file size. Every transfer ends in exactly one report, except
  * those cancelled (leadership lost: the core forgets snapshot states then) or replaced by a new
  * snapshot to the same follower (the core asked again, so it already left the old one).
  *
@@ -41,10 +52,25 @@
  * the superseded staging and resumes a staging of the same id found on disk (a restarted
  * receiver). A chunk at exactly the staged length with a good crc is written durably; any other
  * (duplicate, out of order, corrupt) is dropped; either way the staged length is acknowledged.
- * When the staged length reaches the size, store_staging_finish verifies the whole file
- * (corrupt: discard it, REJECT) and the SNAPSHOT message is rebuilt from the chunk's metadata
- * for the caller to step. The caller then says whether the next Ready installed it
- * (snapxfer_receiver_resolve); DONE is acknowledged only then. A snapshot at or below the
+ * The crc covers every header field as well as the data, so a damaged term, index, offset or
+ * membership is dropped like damaged data. A chunk of the current snapshot id with a higher
+ * term (a re-elected leader resending the same file) updates the term, commit and sender the
+ * message will carry, and keeps the staging. When the staged length reaches the size,
+ * store_staging_finish verifies the whole file and store_staging_meta gives its header, which
+ * must match the chunks' index, term and membership (else: discard it, REJECT); then the
+ * SNAPSHOT message is rebuilt from that metadata for the caller to step.
+ *
+ * After a power loss the staged length found on disk (store_staging_offset) may include a tail
+ * that was written but never synced and so holds garbage or zeros; the receiver resumes after
+ * it, and only store_staging_finish's file checksum catches it: the file is then discarded and
+ * REJECTed, the sender reports failure, and the next attempt transfers the whole snapshot again
+ * (a cost, never a wrong install). A process crash alone cannot tear the tail: every write is
+ * made with pwrite and fdatasync before it is acknowledged. The caller then says whether the next
+ * Ready installed it (snapxfer_receiver_resolve); DONE is acknowledged only then, and repeated to a
+ * later chunk of that id only while it is still true (installed, or at or below the commit index;
+ * else the snapshot is fetched again). If raft dropped the message unanswered (its term is stale),
+ * the caller calls snapxfer_receiver_reject instead: REJECT, so the sender reports failure rather
+ * than a success that installed nothing. A snapshot at or below the
  * caller's commit index is not fetched at all: raft would ignore it (Raft paper §7), so its
  * message is handed over at the first chunk and the transfer ends DONE with nothing staged.
  *
@@ -121,6 +147,7 @@ typedef struct snapxfer_sender_stats {
 	uint64_t chunks_sent;
 	uint64_t bytes_sent;        /* chunk payload, resends included */
 	uint64_t rewinds;           /* go-backs to the acknowledged offset */
+	uint64_t rewinds_to_zero;   /* those that resent from offset 0 (nothing acknowledged) */
 	uint64_t max_rewind_offset; /* the highest offset a rewind resent from */
 	unsigned peak_active;
 	unsigned peak_inflight_chunks; /* most chunks beyond the ack in one transfer */
@@ -214,6 +241,10 @@ bool snapxfer_receiver_pending(const snapxfer_receiver *r, store_snapshot_id *id
 /* After the Ready that followed the step: installed says whether it persisted the snapshot.
  * If not, the staging is discarded. Acks DONE either way. */
 void snapxfer_receiver_resolve(snapxfer_receiver *r, bool installed);
+
+/* After a step that raft dropped without any response (no Ready followed: the message's term
+ * is below the node's): discards the staging and acks REJECT, so the sender reports failure. */
+void snapxfer_receiver_reject(snapxfer_receiver *r);
 
 /* Forgets the pending snapshot without an ack (the step failed); discards its staging. */
 void snapxfer_receiver_abort(snapxfer_receiver *r);

@@ -132,6 +132,7 @@ struct store_snap {
 	 * Ready may name it. At most one at a time. */
 	bool has_finished;
 	store_snapshot_id finished;
+	raft_conf_state finished_conf; /* the membership in finished's header, when has_finished */
 	sqlite3_stmt *stmt[SNAP_N_STMT];
 
 	/* Shared with the dump thread. */
@@ -827,8 +828,10 @@ static int snap_reader_next(struct snap_reader *r, struct snap_record *rec)
 	return 1;
 }
 
-/* Reads the whole file at path (borrowed) and checks that its id is *id. */
-static int snap_verify_file(const char *path, const store_snapshot_id *id, const char **what)
+/* Reads the whole file at path (borrowed) and checks that its id is *id; *conf gets the
+ * membership in its header. */
+static int snap_verify_file(const char *path, const store_snapshot_id *id, raft_conf_state *conf,
+                            const char **what)
 {
 	struct snap_reader r;
 	struct snap_meta m;
@@ -844,6 +847,8 @@ static int snap_verify_file(const char *path, const store_snapshot_id *id, const
 		if (n < 0)
 			rv = n;
 	}
+	if (rv == STORE_OK)
+		*conf = m.conf;
 	*what = r.what;
 	snap_reader_close(&r);
 	return rv;
@@ -1676,6 +1681,7 @@ static void snap_staging_mark(struct store_snap *sn, const store_snapshot_id *id
  * Refused (STORE_ERR_INVALID) while another finished staging is pending, as in begin. */
 int store_staging_finish(store *s, const store_snapshot_id *id)
 {
+	raft_conf_state conf = {0};
 	const char *what = NULL;
 	char *path;
 	int rv = snap_staging_check(s, id);
@@ -1689,14 +1695,29 @@ int store_staging_finish(store *s, const store_snapshot_id *id)
 	path = snap_staging_path(snap_dir(s), s->opt.node_id, id);
 	if (path == NULL)
 		return store_error(s, STORE_ERR_NOMEM, "staging finish: out of memory");
-	rv = snap_verify_file(path, id, &what);
+	rv = snap_verify_file(path, id, &conf, &what);
 	if (rv == STORE_ERR_CORRUPT)
 		snap_note(s, rv, "staged snapshot %s: %s", path, what);
 	else if (rv != STORE_OK)
 		store_error(s, rv, "staged snapshot %s: %s", path, what);
 	snap_staging_mark(s->snap, id, rv == STORE_OK);
+	if (rv == STORE_OK)
+		s->snap->finished_conf = conf;
 	free(path);
 	return rv;
+}
+
+/* The header of id's finished staging, as store_staging_finish read it. */
+int store_staging_meta(store *s, const store_snapshot_id *id, raft_snapshot_metadata *meta)
+{
+	if (s == NULL || s->snap == NULL || id == NULL || meta == NULL)
+		return STORE_ERR_INVALID;
+	if (!snap_staging_is_finished(s->snap, id))
+		return STORE_ERR_NOT_FOUND;
+	meta->index = id->index;
+	meta->term = id->term;
+	meta->conf_state = s->snap->finished_conf;
+	return STORE_OK;
 }
 
 /* Deletes id's staging file, active or only on disk. Other stagings are left alone. */

@@ -300,6 +300,12 @@ uint64_t store_staging_offset(store *s, const store_snapshot_id *id);
 /* Verifies the complete staged file (checksum, metadata, record sizes within the command
  * limits). STORE_ERR_CORRUPT, without a fail-stop, if it fails. */
 int store_staging_finish(store *s, const store_snapshot_id *id);
+/* The metadata in the header of id's staging (index, term and membership; index and term are
+ * the id's, which finish checked against the header), once it passed store_staging_finish:
+ * the receiver compares it with the SNAPSHOT message before stepping it. STORE_ERR_NOT_FOUND
+ * if id's staging is not finished (none, failed, discarded, or the store reopened since). *meta
+ * is the caller's. */
+int store_staging_meta(store *s, const store_snapshot_id *id, raft_snapshot_metadata *meta);
 /* Drops the staging for id (raft ignored or superseded it). */
 void store_staging_discard(store *s, const store_snapshot_id *id);
 
