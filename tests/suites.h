@@ -25,9 +25,11 @@
 	X(mailbox)                                                                                 \
 	X(router)                                                                                  \
 	X(node)                                                                                    \
+	X(snapxfer)                                                                                \
 	X(cluster)                                                                                 \
 	X(linearizability)                                                                         \
-	X(scenarios)
+	X(scenarios)                                                                               \
+	X(snapshots)
 
 #define TEST_DECLARE(name) void test_register_##name(void);
 TEST_SUITES(TEST_DECLARE)

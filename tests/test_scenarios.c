@@ -18,6 +18,7 @@
 #include "cluster/cluster.h"
 #include "linearize.h"
 #include "raftkv.h"
+#include "scenario.h"
 #include "store/store.h"
 #include "suites.h"
 #include "vfs_fault.h"
@@ -32,12 +33,13 @@
  * Two disjoint key sets:
  *   - mixed keys "m0".."m3": puts of unique values "p<client>.<n>|", appends of unique tokens
  *     "|<client>.<n>|", deletes, gets and scans: judged by the linearizability checker;
- *   - append-only keys "a<k>" (two at a time, moving on every SC_APPEND_EPOCH appends, so no
- *     value grows without bound in a soak): appends and gets only, the gets mostly of the keys
- *     in use and sometimes of older ones. A put would erase tokens, so only here can the final
- *     value show every acknowledged token exactly once, every unknown one at most once, none
- *     of the failed ones, and each client's acknowledged tokens in the order it issued them.
- *     These operations are recorded in the history too, so their gets are checked as well.
+ *   - append-only keys "a<k>" (two at a time, more with more than 5 clients; moving on every
+ *     SC_APPEND_EPOCH appends per two keys, so no value grows without bound in a soak):
+ *     appends and gets only, the gets mostly of the keys in use and sometimes of older ones.
+ *     A put would erase tokens, so only here can the final value show every acknowledged
+ *     token exactly once, every unknown one at most once, none of the failed ones, and each
+ *     client's acknowledged tokens in the order it issued them. These operations are recorded
+ *     in the history too, so their gets are checked as well.
  * After the last round: final reads of every key (recorded), the token check, convergence of
  * every node to one applied index, then raftkv_close and a direct comparison of the node
  * databases through the store API, and last the linearizability check of the whole history.
@@ -67,11 +69,11 @@
 #define SC_SLOWDOWN           1u
 #endif
 
-#define SC_NODES          5u
-#define SC_MAX_CLIENTS    5u
+#define SC_NODES          SCENARIO_NODES
+#define SC_MAX_CLIENTS    SCENARIO_MAX_CLIENTS
 #define SC_MIXED_KEYS     4u   /* "m0".."m3" */
-#define SC_APPEND_KEYS    2u   /* append-only keys in use at a time */
-#define SC_APPEND_EPOCH   128u /* appends to them before the next SC_APPEND_KEYS take over */
+#define SC_APPEND_KEYS    2u   /* append-only keys in use at a time, at least (sc_run.akeys) */
+#define SC_APPEND_EPOCH   128u /* appends per SC_APPEND_KEYS keys before the next keys take over */
 #define SC_FINAL_CLIENT   1000u
 #define SC_MIN_OK         20u /* successful client operations a scenario must reach */
 #define SC_MAX_ERR_LINES  30u
@@ -80,14 +82,7 @@
 #define SC_CONVERGE_MS    (20000u * SC_SLOWDOWN)
 #define SC_KEY_MAX        24u
 
-/* A row of the matrix. */
-typedef struct sc_row {
-	const char *name;
-	unsigned clients;
-	bool unreliable; /* drops 10%, duplicates 5%, reorders 10% (up to 20 ms) */
-	bool persist; /* fault VFS, sync FULL, power cut and restart of every node after a round */
-	bool partitions; /* a partitioner thread moves random splits */
-} sc_row;
+typedef scenario_row sc_row;
 
 /* One append to an append-only key, as its client issued it. */
 typedef struct sc_append {
@@ -115,17 +110,24 @@ typedef struct sc_client {
 	pthread_t thread;
 } sc_client;
 
-/* One scenario run. Owned by sc_run_row(). */
+/* One scenario run. Owned by scenario_run(). */
 typedef struct sc_run {
 	const sc_row *row;
+	scenario_opts opts; /* a copy of the caller's, or all zero */
 	uint64_t seed;
 	unsigned rounds, round_ms;
 	char dir[256];
 	raftkv *kv;        /* owned until raftkv_close; NULL after */
 	lin_history *hist; /* owned */
-	/* Appends to append-only keys issued so far, all clients together: the first
-	 * SC_APPEND_EPOCH go to keys 0..SC_APPEND_KEYS-1, the next to the following
-	 * SC_APPEND_KEYS keys, and so on. */
+	/* Append-only keys in use at a time: SC_APPEND_KEYS, or 2 per 5 clients with more
+	 * clients, so that about as many appenders race on one key as with 5 clients (20
+	 * clients on 2 keys exhaust the checker: each order of their concurrent appends is a
+	 * distinct value). aepoch: appends before the next akeys keys take over. Fixed by
+	 * sc_setup. */
+	uint32_t akeys;
+	uint64_t aepoch;
+	/* Appends to append-only keys issued so far, all clients together: the first aepoch go
+	 * to keys 0..akeys-1, the next to the following akeys keys, and so on. */
 	atomic_uint_fast64_t akey_appends;
 	/* The current round: written by the main thread while no client runs. */
 	unsigned round;
@@ -142,6 +144,14 @@ typedef struct sc_run {
 	sc_client clients[SC_MAX_CLIENTS];
 	atomic_uint errors;
 	uint64_t partitions, heals; /* the partitioner's changes (its own until joined) */
+	/* The lagger thread (scenario_opts.lagger) of the current round; lags counts the rounds
+	 * it left a node behind, passed those in which the leader compacted past that node's
+	 * log (both its own until joined). */
+	pthread_t lagger_thread;
+	uint64_t lags, lags_passed;
+	/* A node's counters restart from zero with it: each stop first adds that node's
+	 * counters here (guarded by mu). sc_totals adds the running nodes' at the end. */
+	uint64_t banked_sent, banked_received, banked_fsyncs;
 	/* Totals over the nodes once converged, for the summary line. */
 	uint64_t final_index, snapshots_sent, snapshots_received, fsyncs;
 } sc_run;
@@ -166,7 +176,7 @@ static uint32_t sc_akey_count(sc_run *run)
 {
 	uint64_t n = atomic_load(&run->akey_appends);
 
-	return (uint32_t)((n + SC_APPEND_EPOCH - 1) / SC_APPEND_EPOCH * SC_APPEND_KEYS);
+	return (uint32_t)((n + run->aepoch - 1) / run->aepoch * run->akeys);
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -400,8 +410,8 @@ static void sc_get(sc_client *c, const char *key)
 static void sc_append_only(sc_client *c)
 {
 	sc_run *run = c->run;
-	uint64_t epoch = atomic_fetch_add(&run->akey_appends, 1) / SC_APPEND_EPOCH;
-	uint32_t k = (uint32_t)(epoch * SC_APPEND_KEYS) + sc_below(&c->rng, SC_APPEND_KEYS);
+	uint64_t epoch = atomic_fetch_add(&run->akey_appends, 1) / run->aepoch;
+	uint32_t k = (uint32_t)(epoch * run->akeys) + sc_below(&c->rng, run->akeys);
 	char key[SC_KEY_MAX];
 	sc_append a = {.key = k};
 
@@ -513,11 +523,11 @@ static void sc_get_akey(sc_client *c)
 	uint32_t k;
 
 	if (n == 0)
-		n = SC_APPEND_KEYS;
-	if (sc_below(&c->rng, 4) == 0 || n <= SC_APPEND_KEYS)
+		n = c->run->akeys;
+	if (sc_below(&c->rng, 4) == 0 || n <= c->run->akeys)
 		k = sc_below(&c->rng, n);
 	else
-		k = n - SC_APPEND_KEYS + sc_below(&c->rng, SC_APPEND_KEYS);
+		k = n - c->run->akeys + sc_below(&c->rng, c->run->akeys);
 	sc_akey_name(k, key);
 	sc_get(c, key);
 }
@@ -565,6 +575,21 @@ static void sc_check_rv(sc_run *run, const char *what, int rv)
 {
 	if (rv != RAFTKV_OK)
 		sc_error(run, "%s returned %s (%d)", what, raftkv_strerror(rv), rv);
+}
+
+/* Adds node id's counters to the bank, before it stops (its counters restart from zero). A
+ * snapshot counted between this read and the stop is lost: the totals can only be low. */
+static void sc_bank(sc_run *run, uint64_t id)
+{
+	raftkv_status st;
+
+	if (raftkv_node_status(run->kv, id, &st) != RAFTKV_OK || st.role == RAFTKV_ROLE_STOPPED)
+		return;
+	pthread_mutex_lock(&run->mu);
+	run->banked_sent += st.snapshots_sent;
+	run->banked_received += st.snapshots_received;
+	run->banked_fsyncs += st.fsyncs;
+	pthread_mutex_unlock(&run->mu);
 }
 
 static void sc_set_unreliable(sc_run *run)
@@ -628,6 +653,8 @@ static bool sc_crash_restart(sc_run *run)
 	bool ok = true;
 	int rc;
 
+	for (uint64_t id = 1; id <= SC_NODES; id++)
+		sc_bank(run, id);
 	vfs_fault_power_off();
 	for (uint64_t id = 1; id <= SC_NODES; id++)
 		sc_check_rv(run, "raftkv_node_stop", raftkv_node_stop(run->kv, id));
@@ -669,6 +696,150 @@ static bool sc_wait_leader(sc_run *run, const char *when)
 }
 
 /* ------------------------------------------------------------------------------------------ */
+/* The lagger and the GC bound (scenario_opts)                                                */
+/* ------------------------------------------------------------------------------------------ */
+
+#define SC_LAG_SLICE_MS 50u /* the lagger's wait re-checks the end of the round this often */
+
+/* The node the lagger left behind. Owned by sc_lagger_main. */
+typedef struct sc_lag {
+	sc_run *run;
+	uint64_t id;
+	bool stopped;  /* crash-stopped, else isolated */
+	uint64_t last; /* its last index, when stopped (an isolated node's is read each time) */
+	bool passed;   /* the leader's log no longer holds the entry after `last` */
+} sc_lag;
+
+/* cluster_wait's predicate: the leader compacted past the lagging node's log, so only a
+ * snapshot can catch it up (Raft dissertation §5.1: InstallSnapshot when the leader already
+ * discarded the next entry it would send); or the round is over. */
+static bool sc_lag_passed(void *ctx, raftkv *kv)
+{
+	sc_lag *l = ctx;
+	uint64_t leader = raftkv_leader(kv), last = l->last;
+	raftkv_status st, lst;
+
+	if (atomic_load(&l->run->stop))
+		return true;
+	if (leader == 0 || leader == l->id || raftkv_node_status(kv, leader, &st) != RAFTKV_OK)
+		return false;
+	if (!l->stopped) {
+		if (raftkv_node_status(kv, l->id, &lst) != RAFTKV_OK)
+			return false;
+		last = lst.last_index;
+	}
+	l->passed = st.first_index > last + 1;
+	return l->passed;
+}
+
+/* A random node: any node when it will be crash-stopped, a non-leader when it will be
+ * isolated (an isolated leader would still take client writes into its own log). */
+static uint64_t sc_lag_pick(sc_run *run, uint64_t *rng, bool stopped)
+{
+	uint64_t leader = stopped ? 0 : raftkv_leader(run->kv);
+	uint64_t id = 1 + sc_below(rng, SC_NODES);
+
+	if (id == leader)
+		id = id % SC_NODES + 1;
+	return id;
+}
+
+/* One round's lagger (scenario_opts.lagger): see scenario.h. */
+static void *sc_lagger_main(void *arg)
+{
+	sc_run *run = arg;
+	uint64_t rng = run->seed ^ (0x9e3779b97f4a7c15ull * (run->round + 11)) ^ 0x1a66e4ull;
+	uint64_t t0 = sc_now_ns();
+	uint64_t back_ns = t0 + (uint64_t)run->round_ms * 900000u;
+	sc_lag l = {.run = run, .stopped = run->row->persist || run->row->partitions};
+	raftkv_status st;
+
+	pthread_mutex_lock(&run->mu);
+	sc_wait_until(run, t0 + (uint64_t)run->round_ms * 100000u, &run->stop_mu);
+	pthread_mutex_unlock(&run->mu);
+	if (atomic_load(&run->stop))
+		return NULL;
+	l.id = sc_lag_pick(run, &rng, l.stopped);
+	if (l.stopped) {
+		/* Its last index once stopped: a reading taken before the stop misses what it
+		 * appended meanwhile, and the leader would seem to have compacted past it too
+		 * early. The handle keeps a stopped node's final status. */
+		sc_bank(run, l.id);
+		sc_check_rv(run, "raftkv_node_stop (lagger)", raftkv_node_stop(run->kv, l.id));
+		if (raftkv_node_status(run->kv, l.id, &st) == RAFTKV_OK)
+			l.last = st.last_index;
+	} else {
+		sc_check_rv(run, "raftkv_isolate (lagger)", raftkv_isolate(run->kv, l.id));
+	}
+	while (!l.passed && !atomic_load(&run->stop) && sc_now_ns() < back_ns)
+		(void)cluster_wait(run->kv, sc_lag_passed, &l, SC_LAG_SLICE_MS);
+	if (l.stopped) {
+		int rv = raftkv_node_start(run->kv, l.id);
+
+		if (rv != RAFTKV_OK)
+			sc_error(run,
+			         "round %u: lagging node %" PRIu64 " does not restart: %s (%d)",
+			         run->round, l.id, raftkv_strerror(rv), rv);
+	} else {
+		sc_check_rv(run, "raftkv_heal (lagger)", raftkv_heal(run->kv));
+		if (run->row->unreliable)
+			sc_set_unreliable(run);
+	}
+	run->lags++;
+	if (l.passed)
+		run->lags_passed++;
+	return NULL;
+}
+
+/* The worst node seen by sc_gc_within. */
+typedef struct sc_gc {
+	uint64_t bound; /* 2 * gc_threshold */
+	uint64_t id, applied, first_index;
+} sc_gc;
+
+/* cluster_wait's predicate: on every running node, applied - truncated <= bound, where the
+ * truncated index is first_index - 1. */
+static bool sc_gc_within(void *ctx, raftkv *kv)
+{
+	sc_gc *g = ctx;
+	raftkv_status st;
+	bool ok = true;
+
+	for (uint64_t id = 1; id <= SC_NODES; id++) {
+		uint64_t truncated;
+
+		if (raftkv_node_status(kv, id, &st) != RAFTKV_OK || st.role == RAFTKV_ROLE_STOPPED)
+			continue;
+		truncated = st.first_index > 0 ? st.first_index - 1 : 0;
+		if (st.applied > truncated && st.applied - truncated > g->bound) {
+			g->id = id;
+			g->applied = st.applied;
+			g->first_index = st.first_index;
+			ok = false;
+		}
+	}
+	return ok;
+}
+
+/* The GC bound of issue 5, once the workload of a round stopped. */
+static void sc_check_gc(sc_run *run)
+{
+	sc_gc g = {.bound = 2 * run->kv->opts.gc_threshold};
+	unsigned ticks = SCENARIO_GC_BOUND_TICKS;
+	unsigned ms = ticks * run->kv->opts.tick_ms;
+
+	if (cluster_wait(run->kv, sc_gc_within, &g, ms) == RAFTKV_OK)
+		return;
+	sc_error(run,
+	         "round %u: the GC bound fails %u ticks after the workload stopped: node %" PRIu64
+	         " has applied %" PRIu64 ", first index %" PRIu64 " (applied - truncated = %" PRIu64
+	         " > 2 * gc_threshold = %" PRIu64 ")",
+	         run->round, ticks, g.id, g.applied, g.first_index,
+	         g.applied - (g.first_index > 0 ? g.first_index - 1 : 0), g.bound);
+	sc_print_status(run);
+}
+
+/* ------------------------------------------------------------------------------------------ */
 /* Rounds                                                                                     */
 /* ------------------------------------------------------------------------------------------ */
 
@@ -676,7 +847,7 @@ static bool sc_wait_leader(sc_run *run, const char *when)
 static bool sc_round(sc_run *run)
 {
 	const sc_row *row = run->row;
-	bool partitioner = false;
+	bool partitioner = false, lagger = false;
 	char when[32];
 
 	snprintf(when, sizeof(when), "round %u start", run->round);
@@ -701,6 +872,11 @@ static bool sc_round(sc_run *run)
 			abort();
 		partitioner = true;
 	}
+	if (run->opts.lagger) {
+		if (pthread_create(&run->lagger_thread, NULL, sc_lagger_main, run) != 0)
+			abort();
+		lagger = true;
+	}
 	pthread_mutex_lock(&run->mu);
 	sc_wait_until(run, sc_now_ns() + (uint64_t)run->round_ms * 1000000u, NULL);
 	atomic_store(&run->stop, true);
@@ -709,10 +885,14 @@ static bool sc_round(sc_run *run)
 	pthread_mutex_unlock(&run->mu);
 	if (partitioner)
 		pthread_join(run->partitioner_thread, NULL);
+	if (lagger)
+		pthread_join(run->lagger_thread, NULL); /* its node runs again */
 	/* Heal first, so that calls in flight finish by retrying instead of timing out. */
 	sc_check_rv(run, "raftkv_heal", raftkv_heal(run->kv));
 	for (unsigned i = 0; i < row->clients; i++)
 		pthread_join(run->clients[i].thread, NULL);
+	if (run->opts.check_gc)
+		sc_check_gc(run);
 	if (row->persist)
 		return sc_crash_restart(run);
 	return true;
@@ -1139,7 +1319,11 @@ static void sc_options(sc_run *run, raftkv_options *o)
 	o->sync = run->row->persist ? RAFTKV_SYNC_FULL : RAFTKV_SYNC_OFF;
 	o->vfs = run->row->persist ? VFS_FAULT_NAME : NULL;
 	o->seed = run->seed;
-	if (gc >= 4) {
+	if (run->opts.gc_threshold != 0) {
+		o->gc_threshold = run->opts.gc_threshold;
+		o->gc_trailing = run->opts.gc_trailing;
+		o->gc_hard_limit = run->opts.gc_hard_limit;
+	} else if (gc >= 4) {
 		o->gc_threshold = gc;
 		o->gc_trailing = gc / 4;
 		o->gc_hard_limit = 2 * gc;
@@ -1149,12 +1333,14 @@ static void sc_options(sc_run *run, raftkv_options *o)
 }
 
 /* Sets up run (dir, history, keys, clients) for row. */
-static bool sc_setup(sc_run *run, const sc_row *row, unsigned row_index)
+static bool sc_setup(sc_run *run, const sc_row *row, unsigned row_index, const scenario_opts *o)
 {
 	pthread_condattr_t ca;
 	uint64_t s = sc_base_seed() ^ (0x9e3779b97f4a7c15ull * (row_index + 1));
 
 	run->row = row;
+	if (o != NULL)
+		run->opts = *o;
 	run->seed = sc_rand(&s) | 1;
 	run->rounds = (unsigned)sc_env_u64("RAFTKV_SCENARIO_ROUNDS", 3);
 	run->round_ms = (unsigned)sc_env_u64("RAFTKV_SCENARIO_MS", 1500);
@@ -1168,6 +1354,10 @@ static bool sc_setup(sc_run *run, const sc_row *row, unsigned row_index)
 	pthread_condattr_destroy(&ca);
 	pthread_mutex_init(&run->mu, NULL);
 	atomic_init(&run->akey_appends, 0);
+	run->akeys = (2 * row->clients + 4) / 5;
+	if (run->akeys < SC_APPEND_KEYS)
+		run->akeys = SC_APPEND_KEYS;
+	run->aepoch = (uint64_t)SC_APPEND_EPOCH / SC_APPEND_KEYS * run->akeys;
 	run->hist = lin_history_new();
 	if (run->hist == NULL)
 		return false;
@@ -1192,12 +1382,18 @@ static void sc_teardown(sc_run *run)
 	pthread_mutex_destroy(&run->mu);
 }
 
-/* Sums the nodes' counters for the summary line (they restart from zero with a node). */
+/* Sums the nodes' counters for the summary line: the bank (nodes stopped before) and every
+ * running node's. */
 static void sc_totals(sc_run *run, uint64_t index)
 {
 	raftkv_status st;
 
 	run->final_index = index;
+	pthread_mutex_lock(&run->mu);
+	run->snapshots_sent = run->banked_sent;
+	run->snapshots_received = run->banked_received;
+	run->fsyncs = run->banked_fsyncs;
+	pthread_mutex_unlock(&run->mu);
 	for (uint64_t id = 1; id <= SC_NODES; id++) {
 		if (raftkv_node_status(run->kv, id, &st) != RAFTKV_OK)
 			continue;
@@ -1240,6 +1436,13 @@ static void sc_final_checks(sc_run *run)
 		sc_print_status(run);
 	}
 	sc_totals(run, index);
+	if (run->opts.require_snapshot &&
+	    (run->snapshots_sent == 0 || run->snapshots_received == 0))
+		sc_error(run,
+		         "no snapshot was sent and installed (sent %" PRIu64 ", received %" PRIu64
+		         "; the lagger left a node behind in %" PRIu64
+		         " rounds, the leader compacted past it in %" PRIu64 ")",
+		         run->snapshots_sent, run->snapshots_received, run->lags, run->lags_passed);
 	raftkv_close(run->kv);
 	run->kv = NULL;
 	if (converged)
@@ -1278,14 +1481,15 @@ static void sc_check_history(sc_run *run, uint64_t started_ns)
 	}
 	printf("scenario '%s': %u rounds x %u ms: %" PRIu64 " client ops (ok %" PRIu64
 	       ", unknown %" PRIu64 ", failed %" PRIu64 ", busy %" PRIu64 "), partitions %" PRIu64
-	       ", heals %" PRIu64 "; applied %" PRIu64 ", snapshots sent %" PRIu64
-	       " received %" PRIu64
-	       " (since the last restart); checker: %zu ops, %zu checked, %zu keys, %" PRIu64
+	       ", heals %" PRIu64 ", lags %" PRIu64 " (compacted past %" PRIu64
+	       "); applied %" PRIu64 ", snapshots sent %" PRIu64 " received %" PRIu64
+	       "; checker: %zu ops, %zu checked, %zu keys, %" PRIu64
 	       " steps, max memo %zu, %.2f s; total %.1f s\n",
 	       run->row->name, run->rounds, run->round_ms, ops, ok, unknown, failed, busy,
-	       run->partitions, run->heals, run->final_index, run->snapshots_sent,
-	       run->snapshots_received, st.ops, st.checked, st.keys, st.steps, st.max_memo,
-	       (double)(sc_now_ns() - t0) / 1e9, (double)(sc_now_ns() - started_ns) / 1e9);
+	       run->partitions, run->heals, run->lags, run->lags_passed, run->final_index,
+	       run->snapshots_sent, run->snapshots_received, st.ops, st.checked, st.keys, st.steps,
+	       st.max_memo, (double)(sc_now_ns() - t0) / 1e9,
+	       (double)(sc_now_ns() - started_ns) / 1e9);
 	fflush(stdout);
 	if (ok < SC_MIN_OK)
 		sc_error(run, "only %" PRIu64 " client operations succeeded (at least %u needed)",
@@ -1293,7 +1497,7 @@ static void sc_check_history(sc_run *run, uint64_t started_ns)
 	CU_ASSERT(ok >= SC_MIN_OK);
 }
 
-static void sc_run_row(const sc_row *row, unsigned row_index)
+void scenario_run(const scenario_row *row, unsigned row_index, const scenario_opts *o)
 {
 	sc_run *run = calloc(1, sizeof(*run));
 	char err[256] = "";
@@ -1301,8 +1505,13 @@ static void sc_run_row(const sc_row *row, unsigned row_index)
 	uint64_t started = sc_now_ns();
 	int rv;
 
+	if (row->clients == 0 || row->clients > SC_MAX_CLIENTS) {
+		CU_FAIL("scenario row: clients out of range");
+		free(run);
+		return;
+	}
 	CU_ASSERT_PTR_NOT_NULL_FATAL(run);
-	if (!sc_setup(run, row, row_index)) {
+	if (!sc_setup(run, row, row_index, o)) {
 		CU_FAIL("scenario setup (memory, temporary directory)");
 		goto out;
 	}
@@ -1363,7 +1572,7 @@ static const sc_row sc_rows[] = {
 #define SC_ROW_TEST(i)                                                                             \
 	static void test_row_##i(void)                                                             \
 	{                                                                                          \
-		sc_run_row(&sc_rows[i], i);                                                        \
+		scenario_run(&sc_rows[i], i, NULL);                                                \
 	}
 SC_ROW_TEST(0)
 SC_ROW_TEST(1)
@@ -1376,7 +1585,7 @@ SC_ROW_TEST(7)
 SC_ROW_TEST(8)
 SC_ROW_TEST(9)
 
-static int sc_suite_init(void)
+int scenario_suite_init(void)
 {
 	if (vfs_fault_register(NULL) != SQLITE_OK)
 		return -1;
@@ -1384,7 +1593,7 @@ static int sc_suite_init(void)
 	return 0;
 }
 
-static int sc_suite_clean(void)
+int scenario_suite_clean(void)
 {
 	vfs_fault_set_host_sync(true);
 	vfs_fault_unregister();
@@ -1396,7 +1605,7 @@ void test_register_scenarios(void)
 	static void (*const tests[])(void) = {test_row_0, test_row_1, test_row_2, test_row_3,
 	                                      test_row_4, test_row_5, test_row_6, test_row_7,
 	                                      test_row_8, test_row_9};
-	CU_pSuite s = CU_add_suite("scenarios", sc_suite_init, sc_suite_clean);
+	CU_pSuite s = CU_add_suite("scenarios", scenario_suite_init, scenario_suite_clean);
 
 	for (size_t i = 0; i < sizeof(sc_rows) / sizeof(sc_rows[0]); i++)
 		CU_add_test(s, sc_rows[i].name, tests[i]);
