@@ -83,7 +83,7 @@ tsan: deps
 # Runs the threaded suites over and over (default 20 times, each with a new seed); they must
 # pass every time. REPEAT_SUITES picks the suites.
 REPEAT ?= 20
-REPEAT_SUITES ?= mailbox router node cluster scenarios
+REPEAT_SUITES ?= mailbox router node snapxfer cluster scenarios snapshots
 repeat: deps
 	$(MAKE) $(JOBS) $(BUILD)/test_raftkv
 	@for i in $$(seq 1 $(REPEAT)); do for s in $(REPEAT_SUITES); do \
@@ -101,6 +101,8 @@ soak: deps
 	  $(BUILD)/test_raftkv store_crash
 	RAFTKV_SCENARIO_ROUNDS=$${RAFTKV_SCENARIO_ROUNDS:-10} RAFTKV_SCENARIO_MS=$${RAFTKV_SCENARIO_MS:-5000} \
 	  $(BUILD)/test_raftkv scenarios
+	RAFTKV_SCENARIO_ROUNDS=$${RAFTKV_SCENARIO_ROUNDS:-10} RAFTKV_SCENARIO_MS=$${RAFTKV_SCENARIO_MS:-5000} \
+	  $(BUILD)/test_raftkv snapshots
 
 # libFuzzer targets (clang). Built here, run by hand (see README).
 FUZZ_CC    ?= clang
