@@ -232,6 +232,7 @@ struct sx_h {
 	sx_chunk_fate fate; /* NULL: deliver */
 	sx_ack_drop ack_drop;
 	bool reorder;
+	bool reordered; /* at least one pair was swapped (the first chance always swaps) */
 	uint64_t rng;
 	uint64_t commit; /* the destination's commit index, as passed to the receiver */
 
@@ -447,11 +448,12 @@ static void sx_round(sx_h *h)
 	h->nq = h->capq = 0;
 	if (h->reorder) {
 		for (size_t i = 0; i + 1 < n; i += 2) {
-			if (sx_rand(&h->rng) % 2 == 0) {
+			if (!h->reordered || sx_rand(&h->rng) % 2 == 0) {
 				snapxfer_chunk *t = batch[i];
 
 				batch[i] = batch[i + 1];
 				batch[i + 1] = t;
+				h->reordered = true;
 			}
 		}
 	}
