@@ -497,7 +497,7 @@ int cf_outcome(int status)
 {
 	if (status == RAFTKV_OK)
 		return CF_OUT_ACKED;
-	if (status == RAFTKV_TIMEOUT)
+	if (status == RAFTKV_TIMEOUT || status == RAFTKV_SESSION_EXPIRED)
 		return CF_OUT_UNKNOWN;
 	return CF_OUT_FAILED;
 }

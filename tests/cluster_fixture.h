@@ -106,7 +106,8 @@ void cf_probe_release(cf_probe *p);
 enum { CF_OUT_NONE = 0, CF_OUT_ACKED = 1, CF_OUT_UNKNOWN = 2, CF_OUT_FAILED = 3 };
 size_t cf_token(char *buf, size_t len, unsigned w, size_t i);
 
-/* Maps a raftkv status to CF_OUT_*: OK acked, TIMEOUT unknown, anything else failed. */
+/* Maps a raftkv status to CF_OUT_*: OK acked, TIMEOUT and SESSION_EXPIRED unknown (an earlier
+ * copy of the request may have applied; raftkv.h), anything else failed. */
 int cf_outcome(int status);
 
 /*
