@@ -22,7 +22,8 @@ HEADERS  := $(wildcard include/*.h src/*/*.h tests/*.h)
 .PHONY: bench-store all test asan tsan repeat soak fuzz bench format format-check clean deps
 
 all: $(BUILD)/libraftkv.a $(BUILD)/libraftkv.so $(BUILD)/test_raftkv $(BUILD)/raft-microbench \
-     $(BUILD)/example-ready-loop $(BUILD)/example-embed $(BUILD)/store-bench
+     $(BUILD)/example-ready-loop $(BUILD)/example-embed $(BUILD)/store-bench \
+     $(BUILD)/snapshot-rss
 
 $(BUILD)/%.o: %.c $(HEADERS)
 	@mkdir -p $(dir $@)
@@ -47,6 +48,10 @@ $(BUILD)/store-bench: $(BUILD)/bench/store_bench.o $(BUILD)/libraftkv.a
 
 # The README's Ready-loop example, compiled and run by `make test` so it cannot rot.
 $(BUILD)/example-ready-loop: $(BUILD)/bench/example_ready_loop.o $(BUILD)/libraftkv.a
+	$(CC) $(CFLAGS_ALL) -o $@ $^ $(LDFLAGS) $(LDLIBS)
+
+# Peak RSS while a lagging node catches up on a large snapshot (run by hand: see the file).
+$(BUILD)/snapshot-rss: $(BUILD)/bench/snapshot_rss.o $(BUILD)/libraftkv.a
 	$(CC) $(CFLAGS_ALL) -o $@ $^ $(LDFLAGS) $(LDLIBS)
 
 # The README's embedding example, likewise.
