@@ -1205,18 +1205,24 @@ int raftkv_heal(raftkv *kv)
 	return RAFTKV_OK;
 }
 
-int raftkv_set_drop_rate(raftkv *kv, double rate)
+/* The body of the rate setters: validates rate and hands it to the router's setter. */
+static int set_rate(raftkv *kv, double rate, void (*set)(router *r, double rate))
 {
 	int rv = enter(kv);
 
 	if (rv != RAFTKV_OK)
 		return rv;
 	if (rate_ok(rate))
-		router_set_drop_rate(kv->router, rate);
+		set(kv->router, rate);
 	else
 		rv = RAFTKV_INVALID;
 	leave(kv);
 	return rv;
+}
+
+int raftkv_set_drop_rate(raftkv *kv, double rate)
+{
+	return set_rate(kv, rate, router_set_drop_rate);
 }
 
 int raftkv_set_link_drop_rate(raftkv *kv, uint64_t from, uint64_t to, double rate)
@@ -1249,30 +1255,12 @@ int raftkv_set_delay(raftkv *kv, unsigned min_ms, unsigned max_ms)
 
 int raftkv_set_duplicate_rate(raftkv *kv, double rate)
 {
-	int rv = enter(kv);
-
-	if (rv != RAFTKV_OK)
-		return rv;
-	if (rate_ok(rate))
-		router_set_duplicate_rate(kv->router, rate);
-	else
-		rv = RAFTKV_INVALID;
-	leave(kv);
-	return rv;
+	return set_rate(kv, rate, router_set_duplicate_rate);
 }
 
 int raftkv_set_snapshot_corrupt_rate(raftkv *kv, double rate)
 {
-	int rv = enter(kv);
-
-	if (rv != RAFTKV_OK)
-		return rv;
-	if (rate_ok(rate))
-		router_set_corrupt_rate(kv->router, rate);
-	else
-		rv = RAFTKV_INVALID;
-	leave(kv);
-	return rv;
+	return set_rate(kv, rate, router_set_corrupt_rate);
 }
 
 int raftkv_set_reorder(raftkv *kv, double rate, unsigned max_ms)

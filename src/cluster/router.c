@@ -508,49 +508,6 @@ void router_detach(router *r, uint64_t id)
 	router_attach(r, id, NULL);
 }
 
-/* ---- sending ------------------------------------------------------------------------------ */
-
-void router_send_raft(router *r, const raft_message *m)
-{
-	raft_plan p = {1, {0, 0}};
-	void *buf[2] = {NULL, NULL};
-	size_t len;
-
-	if (r == NULL || m == NULL)
-		return;
-	stat_add(&r->raft_sent, 1);
-	if (!valid_id(r, m->to)) {
-		stat_add(&r->dropped, 1);
-		return;
-	}
-	if (atomic_load_explicit(&r->faulty, memory_order_acquire))
-		p = plan_raft(r, m->from, m->to);
-	if (p.copies == 0) {
-		stat_add(&r->dropped, 1);
-		return;
-	}
-	if (raft_message_encode(m, &buf[0], &len) != RAFT_OK) {
-		stat_add(&r->dropped, (uint64_t)p.copies);
-		return;
-	}
-	if (p.copies == 2) {
-		stat_add(&r->duplicated, 1);
-		buf[1] = malloc(len);
-		if (buf[1] == NULL) {
-			stat_add(&r->dropped, 1);
-			p.copies = 1;
-		} else {
-			memcpy(buf[1], buf[0], len);
-		}
-	}
-	for (int i = 0; i < p.copies; i++) {
-		if (p.hold_ns[i] > 0)
-			hold_item(r, m->from, m->to, NODE_ITEM_RAFT, buf[i], len, p.hold_ns[i]);
-		else
-			deliver_item(r, m->to, NODE_ITEM_RAFT, buf[i], len);
-	}
-}
-
 /* Draws the corrupt fault for one chunk copy (len bytes at c): flips one byte of its data and
  * leaves its crc alone. */
 static void maybe_corrupt(router *r, snapxfer_chunk *c, size_t len)
@@ -571,10 +528,65 @@ static void maybe_corrupt(router *r, snapxfer_chunk *c, size_t len)
 	stat_add(&r->corrupted, 1);
 }
 
+/* Sends the copies p plans of buf (len bytes, owned; consumed whatever happens): the second
+ * copy, if any, is a fresh duplicate; each chunk copy draws the corrupt fault on its own; each
+ * copy is held or delivered per its own hold time. */
+static void dispatch_copies(router *r, uint64_t from, uint64_t to, int kind, void *buf, size_t len,
+                            raft_plan *p)
+{
+	void *copy[2] = {buf, NULL};
+
+	if (p->copies == 2) {
+		stat_add(&r->duplicated, 1);
+		copy[1] = malloc(len);
+		if (copy[1] == NULL) {
+			stat_add(&r->dropped, 1);
+			p->copies = 1;
+		} else {
+			memcpy(copy[1], buf, len);
+		}
+	}
+	for (int i = 0; i < p->copies; i++) {
+		if (kind == NODE_ITEM_SNAP_CHUNK)
+			maybe_corrupt(r, copy[i], len);
+		if (p->hold_ns[i] > 0)
+			hold_item(r, from, to, kind, copy[i], len, p->hold_ns[i]);
+		else
+			deliver_item(r, to, kind, copy[i], len);
+	}
+}
+
+/* ---- sending ------------------------------------------------------------------------------ */
+
+void router_send_raft(router *r, const raft_message *m)
+{
+	raft_plan p = {1, {0, 0}};
+	void *buf = NULL;
+	size_t len;
+
+	if (r == NULL || m == NULL)
+		return;
+	stat_add(&r->raft_sent, 1);
+	if (!valid_id(r, m->to)) {
+		stat_add(&r->dropped, 1);
+		return;
+	}
+	if (atomic_load_explicit(&r->faulty, memory_order_acquire))
+		p = plan_raft(r, m->from, m->to);
+	if (p.copies == 0) {
+		stat_add(&r->dropped, 1);
+		return;
+	}
+	if (raft_message_encode(m, &buf, &len) != RAFT_OK) {
+		stat_add(&r->dropped, (uint64_t)p.copies);
+		return;
+	}
+	dispatch_copies(r, m->from, m->to, NODE_ITEM_RAFT, buf, len, &p);
+}
+
 void router_send_snap(router *r, uint64_t from, uint64_t to, int kind, void *ptr, size_t len)
 {
 	raft_plan p = {1, {0, 0}};
-	void *buf[2] = {ptr, NULL};
 
 	if (r == NULL || ptr == NULL) {
 		free(ptr);
@@ -593,24 +605,7 @@ void router_send_snap(router *r, uint64_t from, uint64_t to, int kind, void *ptr
 		stat_add(&r->dropped, 1);
 		return;
 	}
-	if (p.copies == 2) {
-		stat_add(&r->duplicated, 1);
-		buf[1] = malloc(len);
-		if (buf[1] == NULL) {
-			stat_add(&r->dropped, 1);
-			p.copies = 1;
-		} else {
-			memcpy(buf[1], buf[0], len);
-		}
-	}
-	for (int i = 0; i < p.copies; i++) {
-		if (kind == NODE_ITEM_SNAP_CHUNK)
-			maybe_corrupt(r, buf[i], len);
-		if (p.hold_ns[i] > 0)
-			hold_item(r, from, to, kind, buf[i], len, p.hold_ns[i]);
-		else
-			deliver_item(r, to, kind, buf[i], len);
-	}
+	dispatch_copies(r, from, to, kind, ptr, len, &p);
 }
 
 /* Draws the global drop and duplicate faults for a client request: 0 (eaten), 1 or 2 copies. */
